@@ -1,0 +1,229 @@
+"""Producer half of the prfaas KV connector: stream a request's KV, layer by layer, to decode.
+
+Scheduler side (engine-core process): a request whose ``kv_transfer_params`` name a transfer id
+and a decode transfer address is tracked while it prefills; each step's metadata tells the
+worker which token range of which blocks became final in that step (chunked prefill sends a
+prompt over several steps; blocks from vLLM's own prefix cache go out with the first chunk).
+``request_finished`` holds the request's blocks until the worker reports the transfer done.
+
+Worker side (model process): ``save_kv_layer`` copies the request's blocks of the layer just
+computed and queues them on the ``KVSender`` without waiting, so layer l is on the wire while
+layer l+1 computes; ``wait_for_save`` closes each transfer whose last chunk ran this step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from prfaas.connector_config import ConnectorConfig, transfer_secret
+from prfaas.events import EventLog
+from transfer.blocks import gather_blocks
+from transfer.params import NUM_TOKENS, TransferParams
+from transfer.sender import KVSender, parse_address
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+log = logging.getLogger("prfaas.prefill.connector")
+
+
+@dataclass
+class ChunkToSend:
+    """Blocks ``[first_block, end_block)`` of a request become final in this step."""
+
+    req_id: str
+    transfer_id: str
+    decode_address: str
+    block_ids: list[int]  # the request's block ids for blocks first_block..end_block-1
+    first_block: int
+    end_block: int
+    num_prompt_tokens: int
+    is_last: bool
+
+
+@dataclass
+class ProducerMetadata(KVConnectorMetadata):
+    chunks: list[ChunkToSend] = field(default_factory=list)
+
+
+@dataclass
+class _Prefilling:
+    """Scheduler-side record of one request streaming its KV."""
+
+    params: TransferParams
+    num_prompt_tokens: int
+    block_ids: list[int] = field(default_factory=list)
+    sent_tokens: int = 0  # KV of tokens [0, sent_tokens) is already queued
+
+
+class PrfaasProducerConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
+                 kv_cache_config: KVCacheConfig | None = None) -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        self.config = ConnectorConfig.from_extra_config(
+            self._kv_transfer_config.kv_connector_extra_config)
+        self.block_size = vllm_config.cache_config.block_size
+        self.events = EventLog(self.config.event_log)
+        # scheduler side
+        self._prefilling: dict[str, _Prefilling] = {}
+        self._streaming_started: set[str] = set()
+        # worker side
+        self._sender: KVSender | None = None
+        self._layer_index: dict[str, int] = {}
+        self._open: dict[str, str] = {}  # req_id -> transfer id still receiving layers
+        self._closing: dict[str, Future] = {}  # req_id -> END/ABORT send in flight
+        self._finished_seen: set[str] = set()
+        if role is KVConnectorRole.WORKER:
+            self._sender = KVSender(
+                transfer_secret(), codec=self.config.codec,
+                connections_per_peer=self.config.connections_per_peer,
+                io_timeout_s=self.config.transfer_timeout_s,
+            )
+
+    # ---- scheduler side ----------------------------------------------------------------
+
+    def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int
+                                   ) -> tuple[int, bool]:
+        return 0, False
+
+    def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
+                                 num_external_tokens: int) -> None:
+        params = TransferParams.from_dict(request.kv_transfer_params)
+        if params is None or request.request_id in self._prefilling:
+            return
+        self._prefilling[request.request_id] = _Prefilling(params, request.num_prompt_tokens)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ProducerMetadata:
+        meta = ProducerMetadata()
+        scheduled = scheduler_output.num_scheduled_tokens
+        for new_req in scheduler_output.scheduled_new_reqs:
+            state = self._prefilling.get(new_req.req_id)
+            if state is not None:
+                state.block_ids = list(new_req.block_ids[0])
+                self._add_chunk(meta, new_req.req_id, state,
+                                new_req.num_computed_tokens + scheduled[new_req.req_id])
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            state = self._prefilling.get(req_id)
+            if state is None:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids and new_blocks is not None:
+                state.block_ids = list(new_blocks[0])
+            elif new_blocks is not None:
+                state.block_ids.extend(new_blocks[0])
+            self._add_chunk(meta, req_id, state,
+                            cached.num_computed_tokens[i] + scheduled.get(req_id, 0))
+        return meta
+
+    def _add_chunk(self, meta: ProducerMetadata, req_id: str, state: _Prefilling,
+                   computed_after_step: int) -> None:
+        end_tokens = min(computed_after_step, state.num_prompt_tokens)
+        if end_tokens <= state.sent_tokens:
+            return
+        first_block = state.sent_tokens // self.block_size
+        end_block = -(-end_tokens // self.block_size)
+        is_last = end_tokens >= state.num_prompt_tokens
+        meta.chunks.append(ChunkToSend(
+            req_id, state.params.transfer_id, state.params.decode_address,
+            state.block_ids[first_block:end_block], first_block, end_block,
+            state.num_prompt_tokens, is_last,
+        ))
+        self._streaming_started.add(req_id)
+        # A partly filled last block is sent again, whole, with the next chunk.
+        state.sent_tokens = end_tokens if is_last else end_tokens // self.block_size * self.block_size
+        if is_last:
+            del self._prefilling[req_id]
+
+    def request_finished(self, request: Request, block_ids: list[int]
+                         ) -> tuple[bool, dict[str, Any] | None]:
+        req_id = request.request_id
+        self._prefilling.pop(req_id, None)
+        params = TransferParams.from_dict(request.kv_transfer_params)
+        if params is None:
+            return False, None
+        started = req_id in self._streaming_started
+        self._streaming_started.discard(req_id)
+        out = params.for_decode()
+        out[NUM_TOKENS] = request.num_prompt_tokens
+        # Hold the blocks until the worker has closed (or aborted) the transfer.
+        return started, out
+
+    # ---- worker side -------------------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        self._layer_index = {name: i for i, name in enumerate(kv_caches)}
+        first = next(iter(kv_caches.values()))
+        log.info("prfaas producer: %d KV layers, layer cache shape %s %s",
+                 len(kv_caches), tuple(first.shape), first.dtype)
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        return
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
+                      attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, ProducerMetadata) and self._sender is not None
+        layer = self._layer_index[layer_name]
+        for chunk in meta.chunks:
+            if not chunk.block_ids:
+                continue
+            self._open[chunk.req_id] = chunk.transfer_id
+            blocks = gather_blocks(kv_layer, chunk.block_ids)
+            self._sender.send_layer(parse_address(chunk.decode_address), chunk.transfer_id,
+                                    layer, chunk.first_block, blocks)
+            if layer == 0 and self.events.enabled:
+                self.events.emit("layer_queued", transfer_id=chunk.transfer_id, layer=layer,
+                                 first_block=chunk.first_block, end_block=chunk.end_block)
+
+    def wait_for_save(self) -> None:
+        if not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, ProducerMetadata) and self._sender is not None
+        for chunk in meta.chunks:
+            self.events.emit("chunk_forward_done", transfer_id=chunk.transfer_id,
+                             first_block=chunk.first_block, end_block=chunk.end_block,
+                             is_last=chunk.is_last)
+            if chunk.is_last:
+                self._open.pop(chunk.req_id, None)
+                self._closing[chunk.req_id] = self._sender.finish(
+                    chunk.transfer_id, {"num_tokens": chunk.num_prompt_tokens})
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
+        assert self._sender is not None
+        self._finished_seen |= finished_req_ids & (set(self._open) | set(self._closing))
+        for req_id in finished_req_ids & set(self._open):
+            # Finished (aborted) before its last chunk ran: tell decode to stop waiting.
+            self._closing[req_id] = self._sender.abort(self._open.pop(req_id),
+                                                       "request aborted on prefill")
+        done = {r for r in self._finished_seen & set(self._closing) if self._closing[r].done()}
+        for req_id in done:
+            ok = self._closing.pop(req_id).result()
+            self.events.emit("transfer_sent", req_id=req_id, ok=bool(ok))
+        self._finished_seen -= done
+        return (done or None), None
+
+    def shutdown(self) -> None:
+        if self._sender is not None:
+            self._sender.close()

@@ -1,0 +1,1 @@
+"""prfaas glue: CLI entry point, settings, model preparation, process launching, event log."""
