@@ -179,7 +179,8 @@ class PrfaasConsumerConnector(KVConnectorBase_V1):
                 del self._pending[req_id]
                 results.finished_recving.add(req_id)
                 self.events.emit("kv_loaded", req_id=req_id, transfer_id=spec.transfer_id,
-                                 tokens=tokens, first_block=spec.first_block)
+                                 tokens=tokens, first_block=spec.first_block,
+                                 staged_bytes=self.store.staged_bytes)
             elif state is TransferState.FAILED:
                 self._fail(results, req_id, error or "transfer failed")
             elif now > pending.deadline:
@@ -202,7 +203,7 @@ class PrfaasConsumerConnector(KVConnectorBase_V1):
         results.finished_recving.add(req_id)
         log.warning("prfaas: KV load for %s failed (%s); recomputing locally", req_id, reason)
         self.events.emit("kv_load_failed", req_id=req_id, transfer_id=transfer_id,
-                         reason=reason)
+                         reason=reason, staged_bytes=self.store.staged_bytes)
 
     def _install(self, spec: LoadSpec, staged: StagedTransfer) -> int:
         """Copy staged frames into the request's blocks; returns the tokens installed."""

@@ -10,6 +10,7 @@ installs the KV (or recomputes if the transfer failed) and generation continues.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,6 @@ class DecodeTarget:
 
 
 def new_transfer(target: DecodeTarget) -> TransferParams:
-    import uuid
-
     return TransferParams(uuid.uuid4().hex, target.transfer_address)
 
 
@@ -78,10 +77,11 @@ async def stream_decode(client: httpx.AsyncClient, decode_url: str, body: dict[s
 
 async def run_disaggregated(prefill_url: str, decode: DecodeTarget, model: str,
                             prompt_token_ids: list[int], sampling: dict[str, Any],
+                            transfer: TransferParams | None = None,
                             timeout_s: float = 300.0) -> dict[str, Any]:
     """Prefill remotely, decode, and return the decode worker's (non-streamed) response."""
     async with httpx.AsyncClient(timeout=timeout_s) as client:
-        transfer = new_transfer(decode)
+        transfer = transfer or new_transfer(decode)
         kv_params = await prefill(client, prefill_url, model, prompt_token_ids, transfer)
         body = decode_body(model, prompt_token_ids, sampling, kv_params, stream=False)
         response = await client.post(f"{decode.url}/v1/completions", json=body)

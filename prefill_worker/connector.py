@@ -148,7 +148,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         ))
         self._streaming_started.add(req_id)
         # A partly filled last block is sent again, whole, with the next chunk.
-        state.sent_tokens = end_tokens if is_last else end_tokens // self.block_size * self.block_size
+        full_blocks_end = end_tokens // self.block_size * self.block_size
+        state.sent_tokens = end_tokens if is_last else full_blocks_end
         if is_last:
             del self._prefilling[req_id]
 

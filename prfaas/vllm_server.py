@@ -61,7 +61,7 @@ def server_command(settings: WorkerSettings, kv_config: dict | None) -> list[str
 def server_env(settings: WorkerSettings) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "VLLM_HOST_IP": "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host,
+        "VLLM_HOST_IP": "127.0.0.1" if settings.host == "localhost" else settings.host,
         "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_space_gb),
         "VLLM_CPU_OMP_THREADS_BIND": settings.cpu_threads_bind,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),

@@ -54,5 +54,6 @@ async def client_handshake(sock: socket.socket, secret: bytes, timeout: float) -
         mac = _mac(secret, b"client", server_nonce, client_nonce)
         await loop.sock_sendall(sock, client_nonce + mac)
         proof = await recv_exactly(sock, MAC_SIZE)
-        if not hmac.compare_digest(bytes(proof), _mac(secret, b"server", client_nonce, server_nonce)):
+        expected = _mac(secret, b"server", client_nonce, server_nonce)
+        if not hmac.compare_digest(bytes(proof), expected):
             raise AuthError("KV receiver failed the handshake (wrong shared secret)")

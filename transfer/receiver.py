@@ -3,8 +3,9 @@
 Each connection must pass the HMAC handshake before any frame is read. Frames are read straight
 into buffers we own (no intermediate copies), their checksums verified, and decoded tensors
 staged by transfer id in a ``StagingStore``. A bad payload checksum fails that transfer only; a
-bad header or a connection lost mid-frame fails every unfinished transfer the connection
-carried. A connection closed cleanly at a frame boundary fails nothing.
+bad header or a closed connection fails every unfinished transfer the connection carried:
+senders keep connections open, so a close means the sender is gone (killed, restarted) and
+the decode side should recompute now rather than wait for its timeout.
 """
 
 from __future__ import annotations
@@ -74,9 +75,18 @@ class KVReceiver:
             raise self._startup_error
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            asyncio.get_running_loop().stop()
+
+        asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop)
+        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -95,6 +105,7 @@ class KVReceiver:
             self._loop.run_forever()
         finally:
             listener.close()
+            self._loop.close()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -116,7 +127,7 @@ class KVReceiver:
             while True:
                 await self._read_frame(conn, carried)
         except _CleanClose:
-            pass
+            self.store.fail_unless_complete(carried, "sender closed the connection")
         except (ConnectionError, FrameError, OSError, ValueError) as exc:
             log.warning("KV connection from %s broken: %s", peer, exc)
             self.store.fail_unless_complete(carried, f"connection broken: {exc}")
