@@ -176,6 +176,9 @@ class PrfaasConsumerConnector(KVConnectorBase_V1):
                 except (TransferInstallError, ValueError, AssertionError) as exc:
                     self._fail(results, req_id, f"install failed: {exc}")
                     continue
+                finally:
+                    if staged is not None:
+                        self.store.recycle(staged)
                 del self._pending[req_id]
                 results.finished_recving.add(req_id)
                 self.events.emit("kv_loaded", req_id=req_id, transfer_id=spec.transfer_id,

@@ -6,11 +6,11 @@ server -> client: HMAC(secret, b"server" + client nonce + server nonce)
 
 A client without the secret is dropped before the server reads a single frame; a client also
 refuses a server that cannot prove it holds the secret. The secret never crosses the wire.
+Both sides run on blocking sockets whose timeout bounds the whole exchange.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -31,29 +31,26 @@ def _mac(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + first + second, hashlib.sha256).digest()
 
 
-async def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
+def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> None:
+    sock.settimeout(timeout)
     server_nonce = os.urandom(NONCE_SIZE)
-    async with asyncio.timeout(timeout):
-        await loop.sock_sendall(sock, HELLO + server_nonce)
-        reply = await recv_exactly(sock, NONCE_SIZE + MAC_SIZE)
-        client_nonce, client_mac = bytes(reply[:NONCE_SIZE]), bytes(reply[NONCE_SIZE:])
-        if not hmac.compare_digest(client_mac, _mac(secret, b"client", server_nonce, client_nonce)):
-            raise AuthError("peer failed the KV handshake (wrong shared secret)")
-        await loop.sock_sendall(sock, _mac(secret, b"server", client_nonce, server_nonce))
+    sock.sendall(HELLO + server_nonce)
+    reply = recv_exactly(sock, NONCE_SIZE + MAC_SIZE)
+    client_nonce, client_mac = bytes(reply[:NONCE_SIZE]), bytes(reply[NONCE_SIZE:])
+    if not hmac.compare_digest(client_mac, _mac(secret, b"client", server_nonce, client_nonce)):
+        raise AuthError("peer failed the KV handshake (wrong shared secret)")
+    sock.sendall(_mac(secret, b"server", client_nonce, server_nonce))
 
 
-async def client_handshake(sock: socket.socket, secret: bytes, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
-        hello = await recv_exactly(sock, len(HELLO) + NONCE_SIZE)
-        if bytes(hello[: len(HELLO)]) != HELLO:
-            raise AuthError("peer is not a prfaas KV receiver")
-        server_nonce = bytes(hello[len(HELLO):])
-        client_nonce = os.urandom(NONCE_SIZE)
-        mac = _mac(secret, b"client", server_nonce, client_nonce)
-        await loop.sock_sendall(sock, client_nonce + mac)
-        proof = await recv_exactly(sock, MAC_SIZE)
-        expected = _mac(secret, b"server", client_nonce, server_nonce)
-        if not hmac.compare_digest(bytes(proof), expected):
-            raise AuthError("KV receiver failed the handshake (wrong shared secret)")
+def client_handshake(sock: socket.socket, secret: bytes, timeout: float) -> None:
+    sock.settimeout(timeout)
+    hello = recv_exactly(sock, len(HELLO) + NONCE_SIZE)
+    if bytes(hello[: len(HELLO)]) != HELLO:
+        raise AuthError("peer is not a prfaas KV receiver")
+    server_nonce = bytes(hello[len(HELLO):])
+    client_nonce = os.urandom(NONCE_SIZE)
+    sock.sendall(client_nonce + _mac(secret, b"client", server_nonce, client_nonce))
+    proof = recv_exactly(sock, MAC_SIZE)
+    expected = _mac(secret, b"server", client_nonce, server_nonce)
+    if not hmac.compare_digest(bytes(proof), expected):
+        raise AuthError("KV receiver failed the handshake (wrong shared secret)")

@@ -1,21 +1,23 @@
 """KV sender: pooled, authenticated TCP connections to receivers, driven from any thread.
 
 The engine thread calls ``send_layer`` for each layer as it is computed and ``finish`` after the
-last one; both return at once. An asyncio loop on the sender's own thread encodes, checksums
-and writes the frames over ``connections_per_peer`` connections per receiver, so layer l is on
-the wire while layer l+1 computes. Flow control: at most ``max_inflight_frames`` frames are
-queued; when a stalled peer keeps the queue full for ``io_timeout_s`` the transfer is failed
-(the receiver then recomputes) rather than buffering without bound. ``finish`` sends END once
-every data frame of the transfer is written, or ABORT if any could not be.
+last one; both return at once. Per receiver, ``connections_per_peer`` sender threads each own
+one connection and drain a shared bounded queue: they encode (off the engine thread),
+checksum and write frames, so layer l is on the wire while layer l+1 computes.
+
+Flow control: a peer's queue holds at most ``max_inflight_frames``; when a stalled receiver
+keeps it full for ``io_timeout_s`` the transfer is failed (decode then recomputes) instead of
+buffering without bound. ``finish`` sends END once every data frame of the transfer is
+written, or ABORT if any could not be; its future resolves to whether END went out.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
+import queue
 import socket
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
@@ -44,58 +46,61 @@ def parse_address(address: str) -> Address:
 
 
 @dataclass
-class _Frame:
+class _Item:
+    """One frame to write: a block tensor (DATA) or a control payload (END/ABORT)."""
+
     transfer_id: str
-    header: bytes
-    payload: memoryview | bytes
-    done: asyncio.Future
-    control: bool  # END/ABORT frames go out even when the transfer has failed
+    kind: FrameKind
+    done: Future
+    layer: int = 0
+    block_start: int = 0
+    blocks: torch.Tensor | None = None
+    control: bytes = b""
 
 
 @dataclass
-class _TransferState:
+class _Transfer:
     peer: Address
-    frames: list[asyncio.Future] = field(default_factory=list)
+    frames: list[Future] = field(default_factory=list)
     failed: str | None = None
 
 
 class _Peer:
     """A bounded frame queue drained by a fixed pool of connections to one receiver."""
 
-    def __init__(self, sender: KVSender, address: Address, connections: int) -> None:
+    def __init__(self, sender: KVSender, address: Address, connections: int,
+                 queue_size: int) -> None:
         self.address = address
-        self.queue: asyncio.Queue[_Frame | None] = asyncio.Queue()
-        self.tasks = [
-            asyncio.get_running_loop().create_task(self._drain(sender)) for _ in range(connections)
+        self.queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self.threads = [
+            threading.Thread(target=self._drain, args=(sender,), daemon=True,
+                             name=f"prfaas-kv-send-{address[1]}-{i}")
+            for i in range(connections)
         ]
+        for thread in self.threads:
+            thread.start()
 
-    async def _drain(self, sender: KVSender) -> None:
+    def _drain(self, sender: KVSender) -> None:
         sock: socket.socket | None = None
-        loop = asyncio.get_running_loop()
-        while True:
-            frame = await self.queue.get()
-            if frame is None:
-                break
-            state = sender._transfers.get(frame.transfer_id)
-            if state is not None and state.failed and not frame.control:
-                frame.done.set_result(False)
+        while (item := self.queue.get()) is not None:
+            if item.kind is FrameKind.DATA and sender.failure(item.transfer_id):
+                item.done.set_result(False)
                 continue
             try:
+                header, payload = sender.encode(item)
                 if sock is None:
-                    sock = await sender._connect(self.address)
-                async with asyncio.timeout(sender.io_timeout_s):
-                    await loop.sock_sendall(sock, frame.header)
-                    if frame.payload:
-                        await loop.sock_sendall(sock, frame.payload)
-                frame.done.set_result(True)
-            except (OSError, ConnectionError, TimeoutError) as exc:
+                    sock = sender.connect(self.address)
+                sock.sendall(header)
+                if payload:
+                    sock.sendall(payload)
+                item.done.set_result(True)
+            except (OSError, ValueError) as exc:
                 log.warning("KV send to %s:%s failed: %s", *self.address, exc)
                 if sock is not None:
                     sock.close()
                     sock = None
-                if state is not None:
-                    state.failed = state.failed or f"send failed: {exc}"
-                frame.done.set_result(False)
+                sender.fail(item.transfer_id, f"send failed: {exc}")
+                item.done.set_result(False)
         if sock is not None:
             sock.close()
 
@@ -106,7 +111,7 @@ class KVSender:
         secret: bytes,
         codec: str = "raw",
         connections_per_peer: int = 1,
-        max_inflight_frames: int = 256,
+        max_inflight_frames: int = 128,
         connect_timeout_s: float = 5.0,
         io_timeout_s: float = 30.0,
     ) -> None:
@@ -114,136 +119,130 @@ class KVSender:
             raise ValueError("the KV sender needs a non-empty shared secret")
         self.codec: Codec = get_codec(codec)
         self.connections_per_peer = connections_per_peer
+        self.max_inflight_frames = max_inflight_frames
         self.connect_timeout_s = connect_timeout_s
         self.io_timeout_s = io_timeout_s
         self._secret = secret
-        self._slots = threading.BoundedSemaphore(max_inflight_frames)
         self._peers: dict[Address, _Peer] = {}
-        self._transfers: dict[str, _TransferState] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="prfaas-kv-sender",
-                                        daemon=True)
-        self._thread.start()
+        self._transfers: dict[str, _Transfer] = {}
+        self._lock = threading.Lock()
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prfaas-kv-close")
 
-    # ---- called from the engine thread -------------------------------------------------
+    # ---- the engine-facing surface -----------------------------------------------------
 
-    def send_layer(
-        self, peer: Address, transfer_id: str, layer: int, block_start: int, blocks: torch.Tensor
-    ) -> bool:
+    def send_layer(self, peer: Address, transfer_id: str, layer: int, block_start: int,
+                   blocks: torch.Tensor) -> bool:
         """Queue one layer's blocks (a tensor the caller no longer mutates). False if the
-        transfer has already failed or the queue stayed full past the I/O timeout."""
-        if not self._slots.acquire(timeout=self.io_timeout_s):
-            self._loop.call_soon_threadsafe(self._fail, transfer_id, "send queue stalled")
+        transfer already failed or the peer's queue stayed full past the I/O timeout."""
+        transfer = self._transfer(transfer_id, peer)
+        if transfer.failed:
             return False
-        self._loop.call_soon_threadsafe(
-            self._queue_data, peer, transfer_id, layer, block_start, blocks
-        )
+        item = _Item(transfer_id, FrameKind.DATA, Future(), layer, block_start, blocks)
+        try:
+            self._peer(peer).queue.put(item, timeout=self.io_timeout_s)
+        except queue.Full:
+            self.fail(transfer_id, f"send queue to {peer[0]}:{peer[1]} stalled")
+            return False
+        transfer.frames.append(item.done)
         return True
 
-    def finish(self, transfer_id: str, info: dict) -> concurrent.futures.Future:
-        """Send END after every queued frame of the transfer; resolves to True on success."""
-        return asyncio.run_coroutine_threadsafe(self._finish(transfer_id, info), self._loop)
+    def finish(self, transfer_id: str, info: dict) -> Future:
+        """END after every queued frame of the transfer (ABORT if one failed)."""
+        return self._closer.submit(self._close, transfer_id, info, None)
 
-    def abort(self, transfer_id: str, reason: str) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(self._abort(transfer_id, reason), self._loop)
+    def abort(self, transfer_id: str, reason: str) -> Future:
+        """Tell the receiver to stop waiting; resolves to whether ABORT went out."""
+        self.fail(transfer_id, reason)
+        return self._closer.submit(self._close, transfer_id, {}, reason)
 
     def close(self) -> None:
-        async def _shutdown() -> None:
-            for peer in self._peers.values():
-                for _ in peer.tasks:
-                    peer.queue.put_nowait(None)
-            await asyncio.gather(*(t for p in self._peers.values() for t in p.tasks),
-                                 return_exceptions=True)
+        self._closer.shutdown(wait=True)
+        for peer in self._peers.values():
+            for _ in peer.threads:
+                peer.queue.put(None)
+        for peer in self._peers.values():
+            for thread in peer.threads:
+                thread.join(timeout=10)
 
-        if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(_shutdown(), self._loop).result(timeout=10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+    # ---- used by the connection threads ------------------------------------------------
 
-    # ---- on the sender loop --------------------------------------------------------------
+    def failure(self, transfer_id: str) -> str | None:
+        transfer = self._transfers.get(transfer_id)
+        return transfer.failed if transfer is not None else None
 
-    def _state(self, transfer_id: str, peer: Address) -> _TransferState:
-        state = self._transfers.get(transfer_id)
-        if state is None:
-            state = self._transfers[transfer_id] = _TransferState(peer)
-        return state
+    def fail(self, transfer_id: str, reason: str) -> None:
+        with self._lock:
+            transfer = self._transfers.get(transfer_id)
+            if transfer is not None and transfer.failed is None:
+                transfer.failed = reason
 
-    def _peer(self, address: Address) -> _Peer:
-        peer = self._peers.get(address)
-        if peer is None:
-            peer = self._peers[address] = _Peer(self, address, self.connections_per_peer)
-        return peer
-
-    def _fail(self, transfer_id: str, reason: str) -> None:
-        state = self._transfers.get(transfer_id)
-        if state is not None:
-            state.failed = state.failed or reason
-
-    def _enqueue(self, peer: Address, header: FrameHeader, payload: memoryview | bytes
-                 ) -> asyncio.Future:
-        done = self._loop.create_future()
-        control = header.kind is not FrameKind.DATA
-        frame = _Frame(header.transfer_id, header.pack(), payload, done, control)
-        self._peer(peer).queue.put_nowait(frame)
-        return done
-
-    def _queue_data(self, peer: Address, transfer_id: str, layer: int, block_start: int,
-                    blocks: torch.Tensor) -> None:
-        state = self._state(transfer_id, peer)
-        if state.failed:
-            self._slots.release()
-            return
+    def encode(self, item: _Item) -> tuple[bytes, memoryview | bytes]:
+        if item.blocks is None:
+            payload: memoryview | bytes = item.control
+            header = FrameHeader(kind=item.kind, transfer_id=item.transfer_id,
+                                 payload_len=len(payload), raw_len=len(payload),
+                                 checksum=payload_checksum(payload))
+            return header.pack(), payload
+        blocks = item.blocks
         payload = self.codec.encode(blocks)
         header = FrameHeader(
-            kind=FrameKind.DATA, transfer_id=transfer_id, layer=layer, block_start=block_start,
-            num_blocks=blocks.shape[0], codec=self.codec.codec_id,
-            dtype=DTYPE_CODES[blocks.dtype], shape=tuple(blocks.shape),
-            raw_len=blocks.numel() * blocks.element_size(), payload_len=len(payload),
-            checksum=payload_checksum(payload),
+            kind=FrameKind.DATA, transfer_id=item.transfer_id, layer=item.layer,
+            block_start=item.block_start, num_blocks=blocks.shape[0],
+            codec=self.codec.codec_id, dtype=DTYPE_CODES[blocks.dtype],
+            shape=tuple(blocks.shape), raw_len=blocks.numel() * blocks.element_size(),
+            payload_len=len(payload), checksum=payload_checksum(payload),
         )
-        done = self._enqueue(peer, header, payload)
-        done.add_done_callback(lambda _: self._slots.release())
-        state.frames.append(done)
+        return header.pack(), payload
 
-    def _control(self, peer: Address, transfer_id: str, kind: FrameKind, info: dict
-                 ) -> asyncio.Future:
-        payload = control_payload(info)
-        header = FrameHeader(kind=kind, transfer_id=transfer_id, payload_len=len(payload),
-                             raw_len=len(payload), checksum=payload_checksum(payload))
-        return self._enqueue(peer, header, payload)
-
-    async def _finish(self, transfer_id: str, info: dict) -> bool:
-        state = self._transfers.get(transfer_id)
-        if state is None:
-            return False
-        results = await asyncio.gather(*state.frames)
+    def connect(self, address: Address) -> socket.socket:
+        sock = socket.create_connection(address, timeout=self.connect_timeout_s)
         try:
-            if state.failed or not all(results):
-                reason = state.failed or "a frame could not be sent"
-                await self._control(state.peer, transfer_id, FrameKind.ABORT, {"reason": reason})
-                return False
-            frames = {"frames": len(state.frames), **info}
-            return await self._control(state.peer, transfer_id, FrameKind.END, frames)
-        finally:
-            self._transfers.pop(transfer_id, None)
-
-    async def _abort(self, transfer_id: str, reason: str) -> bool:
-        state = self._transfers.pop(transfer_id, None)
-        if state is None:
-            return False
-        state.failed = reason
-        await asyncio.gather(*state.frames)
-        return await self._control(state.peer, transfer_id, FrameKind.ABORT, {"reason": reason})
-
-    async def _connect(self, address: Address) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tune_socket(sock)
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                await loop.sock_connect(sock, address)
-            await client_handshake(sock, self._secret, self.connect_timeout_s)
+            tune_socket(sock)
+            client_handshake(sock, self._secret, self.connect_timeout_s)
+            sock.settimeout(self.io_timeout_s)
         except BaseException:
             sock.close()
             raise
         return sock
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _transfer(self, transfer_id: str, peer: Address) -> _Transfer:
+        with self._lock:
+            transfer = self._transfers.get(transfer_id)
+            if transfer is None:
+                transfer = self._transfers[transfer_id] = _Transfer(peer)
+            return transfer
+
+    def _peer(self, address: Address) -> _Peer:
+        with self._lock:
+            peer = self._peers.get(address)
+            if peer is None:
+                peer = self._peers[address] = _Peer(
+                    self, address, self.connections_per_peer, self.max_inflight_frames)
+            return peer
+
+    def _close(self, transfer_id: str, info: dict, abort_reason: str | None) -> bool:
+        with self._lock:
+            transfer = self._transfers.get(transfer_id)
+        if transfer is None:
+            return False
+        wait(transfer.frames)
+        sent_all = all(f.result() for f in transfer.frames)
+        reason = abort_reason or transfer.failed or (None if sent_all else "a frame was lost")
+        if reason is None:
+            kind, payload = FrameKind.END, {"frames": len(transfer.frames), **info}
+        else:
+            kind, payload = FrameKind.ABORT, {"reason": reason}
+        item = _Item(transfer_id, kind, Future(), control=control_payload(payload))
+        try:
+            self._peer(transfer.peer).queue.put(item, timeout=self.io_timeout_s)
+            delivered = item.done.result(timeout=self.io_timeout_s + self.connect_timeout_s)
+        except (queue.Full, TimeoutError):
+            delivered = False
+        finally:
+            with self._lock:
+                self._transfers.pop(transfer_id, None)
+        if abort_reason is not None:
+            return delivered  # the ABORT itself went out
+        return delivered and kind is FrameKind.END

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from transfer.buffers import BufferPool
+
 
 class TransferState(enum.Enum):
     UNKNOWN = "unknown"
@@ -37,6 +39,7 @@ class StagedFrame:
     tensor: torch.Tensor
     nbytes: int
     received_at: float
+    buffer: bytearray | None = None  # pooled receive buffer the tensor may view
 
 
 @dataclass
@@ -70,9 +73,10 @@ class StagingStats:
 
 
 class StagingStore:
-    def __init__(self, budget_bytes: int, ttl_s: float) -> None:
+    def __init__(self, budget_bytes: int, ttl_s: float, pool: BufferPool | None = None) -> None:
         self.budget_bytes = budget_bytes
         self.ttl_s = ttl_s
+        self.pool = pool or BufferPool(capacity_bytes=min(budget_bytes, 1 << 30))
         self.stats = StagingStats()
         self._transfers: dict[str, StagedTransfer] = {}
         self._staged_bytes = 0
@@ -94,6 +98,14 @@ class StagingStore:
     def _release(self, staged: StagedTransfer) -> None:
         self._staged_bytes -= staged.nbytes
         staged.nbytes = 0
+        self.recycle(staged)
+
+    def recycle(self, staged: StagedTransfer) -> None:
+        """Return a transfer's receive buffers to the pool; its tensors are invalid after."""
+        for frame in staged.frames:
+            if frame.buffer is not None:
+                self.pool.release(frame.buffer)
+                frame.buffer = None
         staged.frames.clear()
 
     def _fail_locked(self, staged: StagedTransfer, reason: str) -> None:
@@ -108,8 +120,12 @@ class StagingStore:
             self.stats.frames_received += 1
             self.stats.bytes_received += frame.nbytes
             if staged.error is not None:
+                if frame.buffer is not None:
+                    self.pool.release(frame.buffer)
                 return
             if self._staged_bytes + frame.nbytes > self.budget_bytes:
+                if frame.buffer is not None:
+                    self.pool.release(frame.buffer)
                 self._fail_locked(staged, "staging budget exceeded")
                 return
             staged.frames.append(frame)
@@ -151,7 +167,8 @@ class StagingStore:
             return staged.state, staged.error
 
     def take(self, transfer_id: str) -> StagedTransfer | None:
-        """Remove and return a COMPLETE transfer (its frames now belong to the caller)."""
+        """Remove and return a COMPLETE transfer; the caller owns its frames and hands them
+        back with ``recycle`` once the KV is installed."""
         with self._lock:
             staged = self._transfers.get(transfer_id)
             if staged is None or staged.state is not TransferState.COMPLETE:

@@ -1,6 +1,5 @@
 """Sender and receiver over real sockets on 127.0.0.1: round trips, auth, corruption, drops."""
 
-import asyncio
 import socket
 import time
 
@@ -88,11 +87,9 @@ def test_peer_skipping_handshake_is_dropped(receiver):
     assert receiver.store.stats.frames_received == 0
 
 
-async def _authenticated(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    await client_handshake(sock, SECRET, 5)
+def _authenticated(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client_handshake(sock, SECRET, 5)
     return sock
 
 
@@ -103,28 +100,28 @@ def _data_frame(tid: str, payload: bytes, checksum: int | None = None) -> bytes:
     return header.pack()
 
 
-async def test_corrupted_payload_fails_only_that_transfer(receiver):
+def test_corrupted_payload_fails_only_that_transfer(receiver):
     good, bad = new_transfer_id(), new_transfer_id()
     payload = bytes(range(200))
-    sock = await _authenticated(receiver.port)
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, _data_frame(bad, payload, checksum=12345) + payload)
-    await loop.sock_sendall(sock, _data_frame(good, payload) + payload)
+    sock = _authenticated(receiver.port)
+    sock.sendall(_data_frame(bad, payload, checksum=12345) + payload)
+    sock.sendall(_data_frame(good, payload) + payload)
+    wait_state(receiver.store, bad, TransferState.FAILED)
+    wait_state(receiver.store, good, TransferState.RECEIVING)
     sock.close()
-    await asyncio.to_thread(wait_state, receiver.store, bad, TransferState.FAILED)
     assert "checksum" in receiver.store.state(bad)[1]
     assert receiver.store.stats.checksum_failures == 1
     assert receiver.store.stats.frames_received == 1  # the good frame was staged
 
 
-async def test_connection_lost_mid_frame_fails_transfer(receiver):
+def test_connection_lost_mid_frame_fails_transfer(receiver):
     tid = new_transfer_id()
     payload = bytes(1000)
-    sock = await _authenticated(receiver.port)
-    await asyncio.get_running_loop().sock_sendall(sock, _data_frame(tid, payload) + payload)
-    await asyncio.get_running_loop().sock_sendall(sock, _data_frame(tid, payload) + payload[:10])
+    sock = _authenticated(receiver.port)
+    sock.sendall(_data_frame(tid, payload) + payload)
+    sock.sendall(_data_frame(tid, payload) + payload[:10])
     sock.close()
-    error = await asyncio.to_thread(wait_state, receiver.store, tid, TransferState.FAILED)
+    error = wait_state(receiver.store, tid, TransferState.FAILED)
     assert "connection" in error or "closed" in error
     assert receiver.store.staged_bytes == 0
 

@@ -8,6 +8,7 @@ log must show the KV was loaded (not recomputed), so no test here can pass by fa
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -90,20 +91,13 @@ def test_layers_stream_while_prefill_computes(workers):
     assert {f["layer"] for f in early} >= {0, 1}, "frames were not streamed per layer"
 
 
-async def _send_raw(port: int, secret: bytes, frames: list[bytes]) -> None:
-    import socket
-
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        await client_handshake(sock, secret, 5)
+def _send_raw(port: int, secret: bytes, frames: list[bytes]) -> None:
+    """An authenticated test peer that writes hand-made frames, then waits for them to land."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        client_handshake(sock, secret, 5)
         for frame in frames:
-            await loop.sock_sendall(sock, frame)
-        await asyncio.sleep(0.2)
-    finally:
-        sock.close()
+            sock.sendall(frame)
+        time.sleep(0.5)
 
 
 def _frame(kind: FrameKind, tid: str, payload: bytes, corrupt: bool = False, **fields) -> bytes:
@@ -125,7 +119,7 @@ def test_corrupted_frame_falls_back_to_local_recompute(stack, workers, reference
         _frame(FrameKind.END, tid, control_payload({"frames": 1, "num_tokens": len(prompt)})),
     ]
     port = decode.settings.transfer_port
-    asyncio.run(_send_raw(port, stack.secret.encode(), frames))
+    _send_raw(port, stack.secret.encode(), frames)
     response = decode_only(decode, prompt, transfer)
     assert output_ids(response) == reference_outputs["capital"]
     failed = decode.events("kv_load_failed", transfer_id=tid)
