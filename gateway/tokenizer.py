@@ -22,7 +22,12 @@ class PromptTokenizer:
         return [int(i) for i in ids]
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` alone, without special tokens."""
         return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A completion prompt, tokenized as vLLM's own /v1/completions does."""
+        return list(self._tokenizer(text)["input_ids"])
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids)

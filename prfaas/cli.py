@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -103,6 +104,36 @@ def cmd_drive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    settings = settings_from_args(GatewaySettings, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+                log_level="warning")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from prfaas.stack import Stack, StackSettings
+
+    stack = Stack(settings_from_args(StackSettings, args))
+    try:
+        stack.start()
+        print(f"starting {len(stack.servers)} processes; logs in {stack.settings.log_dir}",
+              flush=True)
+        stack.wait_ready()
+    except BaseException:
+        stack.stop()
+        raise
+    print(f"prfaas is up: {stack.url}/v1 (model {stack.settings.served_model_name}); "
+          "Ctrl-C stops it", flush=True)
+    return _run_until_signal(stack.servers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prfaas.model import DEFAULT_MODEL_DIR, SERVED_MODEL_NAME
     from prfaas.settings import WorkerSettings
@@ -120,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         worker = sub.add_parser(role, help=f"run a {role} worker (vLLM + prfaas connector)")
         add_settings_flags(worker, WorkerSettings)
         worker.set_defaults(func=cmd_worker)
+
+    from gateway.settings import GatewaySettings
+    from prfaas.stack import StackSettings
+
+    gateway = sub.add_parser("gateway", help="run the OpenAI gateway over static worker lists")
+    add_settings_flags(gateway, GatewaySettings)
+    gateway.set_defaults(func=cmd_gateway)
+
+    up = sub.add_parser("up", help="gateway + prefill + decode workers on this machine")
+    add_settings_flags(up, StackSettings)
+    up.set_defaults(func=cmd_up)
 
     drive = sub.add_parser("drive", help="one prompt through prefill -> KV over TCP -> decode")
     drive.add_argument("--prefill", required=True, help="prefill worker URL")
