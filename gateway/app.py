@@ -111,7 +111,7 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
                                 f"{settings.served_model_name!r}", "not_found_error",
                            "model_not_found", "model")
         room = settings.max_model_len - prompt_tokens
-        max_tokens = body.requested_max_tokens or room
+        max_tokens = body.requested_max_tokens or max(room, 1)
         if prompt_tokens + max_tokens > settings.max_model_len:
             raise APIError(400, f"this model's maximum context length is "
                                 f"{settings.max_model_len} tokens; the prompt has "
@@ -131,9 +131,10 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
             return StreamingResponse(
                 _sse(first, chunks, response_id, chat, body.include_usage,
                      settings.served_model_name, len(token_ids)),
-                media_type="text/event-stream")
-        return await _collect(chunks, response_id, chat, settings.served_model_name,
-                              len(token_ids))
+                media_type="text/event-stream", headers=_route_headers(generation))
+        result = await _collect(chunks, response_id, chat, settings.served_model_name,
+                                len(token_ids))
+        return JSONResponse(result, headers=_route_headers(generation))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
@@ -150,6 +151,13 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
         return await run(request, body, token_ids, chat=False)
 
     return app
+
+
+def _route_headers(generation: Generation) -> dict[str, str]:
+    """``x-prfaas-route``: where the request ran, e.g. ``remote:prefill-1>decode-0``."""
+    prefill = generation.decision.prefill if generation.decision else None
+    where = f"remote:{prefill.name}" if generation.remote_prefill and prefill else "local"
+    return {"x-prfaas-route": f"{where}>{generation.decode_worker}"}
 
 
 async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:

@@ -118,3 +118,12 @@ def decode_only(decode: Worker, prompt: list[int], transfer: TransferParams,
     """Ask decode to wait for a transfer someone else (a test peer, a dead prefill) owes."""
     return complete(decode.url, prompt, max_tokens,
                     kv_transfer_params={**transfer.for_decode(), "prfaas_num_tokens": len(prompt)})
+
+
+def metric(url: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples on a vLLM server's /metrics."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
