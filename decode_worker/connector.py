@@ -239,7 +239,8 @@ class PrfaasConsumerConnector(KVConnectorBase_V1):
         if header.kind is FrameKind.DATA:
             self.events.emit("frame_received", transfer_id=header.transfer_id,
                              layer=header.layer, block_start=header.block_start,
-                             num_blocks=header.num_blocks, received_at=received_at)
+                             num_blocks=header.num_blocks, wire_bytes=header.payload_len,
+                             raw_bytes=header.raw_len, received_at=received_at)
 
     def shutdown(self) -> None:
         if self._receiver is not None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -28,11 +29,14 @@ from gateway.protocol import (
     error_body,
     new_id,
     now,
+    reported_cached_tokens,
     usage_block,
 )
 from gateway.settings import GatewaySettings
 from gateway.tokenizer import PromptTokenizer
+from router.kv_events import KVEventSubscriber, replay_endpoint_for, subscriber_endpoint
 from router.policy import Router, RouterConfig
+from router.prefix_index import PrefixIndex
 from router.workers import Pools
 
 log = logging.getLogger("prfaas.gateway")
@@ -56,16 +60,22 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
                             settings.decode_transfer_addresses)
     router = Router(pools, RouterConfig(
         block_size=settings.block_size, remote_prefill_threshold=settings.remote_prefill_threshold,
-        load_bound=settings.load_bound, prefix_key_blocks=settings.prefix_key_blocks))
+        load_bound=settings.load_bound, prefix_key_blocks=settings.prefix_key_blocks,
+        policy=settings.routing_policy))
     tokenizer = tokenizer or PromptTokenizer(settings.model)
+    subscribers = event_subscribers(settings, pools, router.index)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for subscriber in subscribers:
+            subscriber.start()
         app.state.orchestrator = Orchestrator(router, settings.served_model_name,
                                               settings.request_timeout_s,
                                               settings.worker_cooldown_s)
         yield
         await app.state.orchestrator.aclose()
+        for subscriber in subscribers:
+            subscriber.stop()
 
     app = FastAPI(title="prfaas gateway", version="0.1.0", lifespan=lifespan)
     app.state.router = router
@@ -97,6 +107,11 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
         return {"status": "ok",
                 "prefill_healthy": sum(w.healthy() for w in pools.prefill),
                 "decode_healthy": sum(w.healthy() for w in pools.decode)}
+
+    @app.get("/debug/prefix-index")
+    async def prefix_index() -> dict[str, Any]:
+        """Blocks each worker is known to hold, from its KV events."""
+        return {"blocks": router.index.sizes(), "policy": settings.routing_policy}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -130,10 +145,10 @@ def create_app(settings: GatewaySettings, tokenizer: PromptTokenizer | None = No
             first = await _first_chunk(chunks)
             return StreamingResponse(
                 _sse(first, chunks, response_id, chat, body.include_usage,
-                     settings.served_model_name, len(token_ids)),
+                     settings.served_model_name, len(token_ids), generation),
                 media_type="text/event-stream", headers=_route_headers(generation))
         result = await _collect(chunks, response_id, chat, settings.served_model_name,
-                                len(token_ids))
+                                len(token_ids), generation)
         return JSONResponse(result, headers=_route_headers(generation))
 
     @app.post("/v1/chat/completions")
@@ -158,6 +173,23 @@ def _route_headers(generation: Generation) -> dict[str, str]:
     prefill = generation.decision.prefill if generation.decision else None
     where = f"remote:{prefill.name}" if generation.remote_prefill and prefill else "local"
     return {"x-prfaas-route": f"{where}>{generation.decode_worker}"}
+
+
+def event_subscribers(settings: GatewaySettings, pools: Pools, index: PrefixIndex
+                      ) -> list[KVEventSubscriber]:
+    """One KV-event subscriber per worker that publishes events, feeding the prefix index."""
+    subscribers = []
+    pairs = [*zip(pools.prefill, settings.prefill_kv_events, strict=False),
+             *zip(pools.decode, settings.decode_kv_events, strict=False)]
+    for worker, endpoint in pairs:
+        host = httpx.URL(worker.url).host
+        name = worker.name
+        subscribers.append(KVEventSubscriber(
+            subscriber_endpoint(endpoint, host),
+            on_batch=lambda _seq, batch, name=name: index.apply(name, batch),
+            replay_endpoint=subscriber_endpoint(replay_endpoint_for(endpoint), host),
+            on_reset=lambda name=name: index.reset(name)))
+    return subscribers
 
 
 async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
@@ -188,7 +220,7 @@ def _choice_delta(chunk: dict[str, Any], chat: bool) -> list[dict[str, Any]]:
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]],
                response_id: str, chat: bool, include_usage: bool, model: str,
-               prompt_tokens: int) -> AsyncIterator[str]:
+               prompt_tokens: int, generation: Generation) -> AsyncIterator[str]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     created = now()
 
@@ -208,7 +240,7 @@ async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any
         pending = [first] if first is not None else []
         async for chunk in _chain(pending, chunks):
             if chunk.get("usage"):
-                usage = usage_block(chunk["usage"], prompt_tokens)
+                usage = chunk["usage"]
             choices = _choice_delta(chunk, chat)
             if choices:
                 yield frame(choices)
@@ -218,7 +250,8 @@ async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any
         yield f"data: {json.dumps(error)}\n\n"
         return
     if include_usage:
-        yield frame([], usage or usage_block(None, prompt_tokens))
+        cached = generation.cached_tokens(reported_cached_tokens(usage))
+        yield frame([], usage_block(usage, prompt_tokens, cached))
     yield "data: [DONE]\n\n"
 
 
@@ -231,7 +264,7 @@ async def _chain(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]
 
 
 async def _collect(chunks: AsyncIterator[dict[str, Any]], response_id: str, chat: bool,
-                   model: str, prompt_tokens: int) -> dict[str, Any]:
+                   model: str, prompt_tokens: int, generation: Generation) -> dict[str, Any]:
     text: list[str] = []
     finish_reason = None
     usage = None
@@ -255,4 +288,6 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], response_id: str, chat
                   "logprobs": None}
     return {"id": response_id, "object": "chat.completion" if chat else "text_completion",
             "created": now(), "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice], "usage": usage_block(usage, prompt_tokens)}
+            "choices": [choice],
+            "usage": usage_block(usage, prompt_tokens,
+                                 generation.cached_tokens(reported_cached_tokens(usage)))}

@@ -26,25 +26,33 @@ class DecodeTarget:
     transfer_address: str  # host:port of its KV receiver
 
 
-def new_transfer(target: DecodeTarget) -> TransferParams:
-    return TransferParams(uuid.uuid4().hex, target.transfer_address)
+def new_transfer(target: DecodeTarget, first_block: int = 0) -> TransferParams:
+    return TransferParams(uuid.uuid4().hex, target.transfer_address, first_block=first_block)
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    kv_params: dict[str, Any]  # what the decode worker needs to find the transfer
+    cached_tokens: int  # prompt tokens the prefill worker served from its prefix cache
 
 
 async def prefill(client: httpx.AsyncClient, prefill_url: str, model: str,
                   prompt_token_ids: list[int], transfer: TransferParams,
-                  headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the prompt on a prefill worker; returns the params the decode worker needs."""
+                  headers: dict[str, str] | None = None) -> PrefillResult:
+    """Run the prompt on a prefill worker, which streams its KV to the decode worker."""
     body = {
         "model": model, "prompt": prompt_token_ids, "max_tokens": 1, "temperature": 0,
         "stream": False, "kv_transfer_params": transfer.for_prefill(),
     }
     response = await client.post(f"{prefill_url}/v1/completions", json=body, headers=headers)
     response.raise_for_status()
-    params = response.json().get("kv_transfer_params")
+    result = response.json()
+    params = result.get("kv_transfer_params")
     if not params:
         raise RuntimeError(f"prefill worker {prefill_url} returned no kv_transfer_params; "
                            "is it running the prfaas producer connector?")
-    return params
+    details = (result.get("usage") or {}).get("prompt_tokens_details") or {}
+    return PrefillResult(params, int(details.get("cached_tokens") or 0))
 
 
 def decode_body(model: str, prompt_token_ids: list[int], sampling: dict[str, Any],
@@ -82,8 +90,8 @@ async def run_disaggregated(prefill_url: str, decode: DecodeTarget, model: str,
     """Prefill remotely, decode, and return the decode worker's (non-streamed) response."""
     async with httpx.AsyncClient(timeout=timeout_s) as client:
         transfer = transfer or new_transfer(decode)
-        kv_params = await prefill(client, prefill_url, model, prompt_token_ids, transfer)
-        body = decode_body(model, prompt_token_ids, sampling, kv_params, stream=False)
+        done = await prefill(client, prefill_url, model, prompt_token_ids, transfer)
+        body = decode_body(model, prompt_token_ids, sampling, done.kv_params, stream=False)
         response = await client.post(f"{decode.url}/v1/completions", json=body)
         response.raise_for_status()
         return response.json()

@@ -42,8 +42,15 @@ class Generation:
 
     decision: RouteDecision | None = None
     remote_prefill: bool = False
+    prefill_cached_tokens: int = 0  # prompt tokens the prefill worker took from its cache
     decode_worker: str = ""
     fallbacks: list[str] = field(default_factory=list)
+
+    def cached_tokens(self, decode_reported: int) -> int:
+        """Prompt tokens served from cache instead of computed: the prefill worker's prefix
+        hits on the remote path (decode's count there includes the KV we shipped), the
+        decode worker's own hits on the local path."""
+        return self.prefill_cached_tokens if self.remote_prefill else decode_reported
 
 
 class Orchestrator:
@@ -101,7 +108,7 @@ class Orchestrator:
                         decode.name, failure)
             generation.fallbacks.append(f"decode {decode.name} unreachable")
             try:
-                decode = self.router.choose_decode(exclude=tried)
+                decode, _ = self.router.choose_decode(exclude=tried)
             except NoHealthyWorker as exc:
                 raise UpstreamError("no healthy decode worker", status=503) from exc
             kv_params = None  # the KV (if any) went to the failed worker: prefill locally
@@ -113,10 +120,11 @@ class Orchestrator:
         if worker is None:
             return None
         target = DecodeTarget(decision.decode.url, decision.decode.transfer_address)
+        transfer = new_transfer(target, first_block=decision.decode_cached_blocks)
         worker.begin(len(token_ids))
         try:
-            params = await prefill(self.clients[worker.url], worker.url, self.model, token_ids,
-                                   new_transfer(target), headers)
+            done = await prefill(self.clients[worker.url], worker.url, self.model, token_ids,
+                                 transfer, headers)
         except (httpx.HTTPError, RuntimeError) as exc:
             worker.mark_down(self.worker_cooldown_s)
             log.warning("prefill worker %s failed (%r); decode prefills locally",
@@ -126,7 +134,8 @@ class Orchestrator:
         finally:
             worker.end(len(token_ids))
         generation.remote_prefill = True
-        return params
+        generation.prefill_cached_tokens = done.cached_tokens
+        return done.kv_params
 
 
 def _upstream_message(response: httpx.Response) -> str:

@@ -99,16 +99,21 @@ def now() -> int:
     return int(time.time())
 
 
-def usage_block(upstream_usage: dict[str, Any] | None, prompt_tokens: int) -> dict[str, Any]:
-    """OpenAI usage from the decode worker's, with cached_tokens from the real reuse."""
-    upstream_usage = upstream_usage or {}
-    completion = int(upstream_usage.get("completion_tokens") or 0)
-    details = upstream_usage.get("prompt_tokens_details") or {}
+def reported_cached_tokens(upstream_usage: dict[str, Any] | None) -> int:
+    details = (upstream_usage or {}).get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
+
+
+def usage_block(upstream_usage: dict[str, Any] | None, prompt_tokens: int,
+                cached_tokens: int) -> dict[str, Any]:
+    """OpenAI usage: completion counts from the decode worker, cached_tokens from the real
+    reuse (see ``Generation.cached_tokens``)."""
+    completion = int((upstream_usage or {}).get("completion_tokens") or 0)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 

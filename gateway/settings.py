@@ -26,6 +26,11 @@ class GatewaySettings(BaseSettings):
                                  description="decode worker URLs (comma-separated)")
     decode_transfer_addresses: UrlList = Field(
         default_factory=list, description="KV address host:port of each decode worker, in order")
+    prefill_kv_events: UrlList = Field(
+        default_factory=list, description="each prefill worker's KV events endpoint, in order")
+    decode_kv_events: UrlList = Field(
+        default_factory=list, description="each decode worker's KV events endpoint, in order")
+    routing_policy: str = Field("prefix", description="prefix | round_robin | least_load")
     remote_prefill_threshold: int = Field(
         256, description="uncached prompt tokens at or above which prefill runs remotely")
     load_bound: float = Field(1.25, description="no prefill worker above this x mean load")
@@ -34,7 +39,8 @@ class GatewaySettings(BaseSettings):
     worker_cooldown_s: float = Field(10.0, description="a failed worker sits out this long")
     request_timeout_s: float = Field(600.0, description="upstream worker request timeout")
 
-    @field_validator("prefill_urls", "decode_urls", "decode_transfer_addresses", mode="before")
+    @field_validator("prefill_urls", "decode_urls", "decode_transfer_addresses",
+                     "prefill_kv_events", "decode_kv_events", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Accept ``a,b`` (env, one flag) as well as a list (several flags, code)."""

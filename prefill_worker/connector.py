@@ -1,7 +1,8 @@
 """Producer half of the prfaas KV connector: stream a request's KV, layer by layer, to decode.
 
 Scheduler side (engine-core process): a request whose ``kv_transfer_params`` name a transfer id
-and a decode transfer address is tracked while it prefills; each step's metadata tells the
+and a decode transfer address is tracked while it prefills (from ``prfaas_first_block`` on:
+blocks the decode worker already holds are not sent); each step's metadata tells the
 worker which token range of which blocks became final in that step (chunked prefill sends a
 prompt over several steps; blocks from vLLM's own prefix cache go out with the first chunk).
 ``request_finished`` holds the request's blocks until the worker reports the transfer done.
@@ -29,6 +30,7 @@ from prfaas.events import EventLog
 from transfer.blocks import gather_blocks
 from transfer.params import NUM_TOKENS, TransferParams
 from transfer.sender import KVSender, parse_address
+from transfer.shaping import LinkShaper
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -91,10 +93,13 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._closing: dict[str, Future] = {}  # req_id -> END/ABORT send in flight
         self._finished_seen: set[str] = set()
         if role is KVConnectorRole.WORKER:
+            shaper = None
+            if self.config.link_gbps > 0 or self.config.link_latency_ms > 0:
+                shaper = LinkShaper(self.config.link_gbps, self.config.link_latency_ms)
             self._sender = KVSender(
                 transfer_secret(), codec=self.config.codec,
                 connections_per_peer=self.config.connections_per_peer,
-                io_timeout_s=self.config.transfer_timeout_s,
+                io_timeout_s=self.config.transfer_timeout_s, shaper=shaper,
             )
 
     # ---- scheduler side ----------------------------------------------------------------
@@ -108,7 +113,12 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         params = TransferParams.from_dict(request.kv_transfer_params)
         if params is None or request.request_id in self._prefilling:
             return
-        self._prefilling[request.request_id] = _Prefilling(params, request.num_prompt_tokens)
+        # Blocks the decode worker already holds are not sent (always send the last block,
+        # whose KV completes the prompt).
+        last_block = (request.num_prompt_tokens - 1) // self.block_size
+        first_token = min(params.first_block, last_block) * self.block_size
+        self._prefilling[request.request_id] = _Prefilling(
+            params, request.num_prompt_tokens, sent_tokens=first_token)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ProducerMetadata:
         meta = ProducerMetadata()

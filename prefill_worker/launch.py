@@ -13,7 +13,8 @@ def connector_config(settings: WorkerSettings) -> ConnectorConfig:
     return ConnectorConfig(codec=settings.codec,
                            connections_per_peer=settings.connections_per_peer,
                            transfer_timeout_s=settings.transfer_timeout_s,
-                           event_log=settings.event_log)
+                           event_log=settings.event_log, link_gbps=settings.link_gbps,
+                           link_latency_ms=settings.link_latency_ms)
 
 
 def start_prefill(settings: WorkerSettings, name: str = "prefill",

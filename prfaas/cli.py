@@ -90,11 +90,11 @@ def cmd_drive(args: argparse.Namespace) -> int:
 
         target = DecodeTarget(args.decode, args.decode_transfer)
         async with httpx.AsyncClient(timeout=300) as client:
-            params = await prefill(client, args.prefill, args.served_model_name, token_ids,
-                                   new_transfer(target))
+            done = await prefill(client, args.prefill, args.served_model_name, token_ids,
+                                 new_transfer(target))
             body = decode_body(args.served_model_name, token_ids,
-                               {"max_tokens": args.max_tokens, "temperature": 0}, params,
-                               stream=True)
+                               {"max_tokens": args.max_tokens, "temperature": 0},
+                               done.kv_params, stream=True)
             async for chunk in stream_decode(client, target.url, body):
                 for choice in chunk.get("choices", []):
                     print(choice.get("text", ""), end="", flush=True)

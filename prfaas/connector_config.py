@@ -24,6 +24,8 @@ class ConnectorConfig:
     staging_budget_bytes: int = 2 << 30
     staging_ttl_s: float = 120.0
     event_log: str | None = None
+    link_gbps: float = 0.0  # emulate a link of this rate (0 = unlimited)
+    link_latency_ms: float = 0.0  # and this one-way latency
 
     @classmethod
     def from_extra_config(cls, extra: dict[str, Any]) -> ConnectorConfig:

@@ -28,6 +28,8 @@ class WorkerSettings(BaseSettings):
         30.0, description="decode: wait this long for a transfer, then recompute locally")
     codec: str = Field("raw", description="prefill: KV codec on the wire")
     connections_per_peer: int = Field(1, description="prefill: TCP connections per decode peer")
+    link_gbps: float = Field(0.0, description="prefill: emulate a link of this Gbit/s (0 = off)")
+    link_latency_ms: float = Field(0.0, description="prefill: emulated one-way link latency")
     dtype: str = Field(
         "float32", description="engine dtype; float32 on CPU (bf16 CPU kernels diverge)")
     max_model_len: int = Field(4096, description="context length")
@@ -35,5 +37,8 @@ class WorkerSettings(BaseSettings):
     cpu_threads_bind: str = Field(
         "auto", description="VLLM_CPU_OMP_THREADS_BIND: 'auto', 'nobind' or core ids")
     event_log: str | None = Field(None, description="JSON-lines KV event log path")
+    kv_events_endpoint: str | None = Field(
+        None, description="publish vLLM KV cache events here (ipc://PATH or tcp://*:PORT; "
+                          "replay on ipc://PATH.replay or PORT+1)")
     extra_vllm_args: list[str] = Field(default_factory=list,
                                        description="further vLLM server arguments")

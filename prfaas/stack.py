@@ -38,6 +38,7 @@ class StackSettings(BaseSettings):
     max_model_len: int = Field(4096, description="context length")
     transfer_secret: str = Field("", description="KV handshake secret (generated if empty)")
     remote_prefill_threshold: int = Field(256, description="see the gateway setting")
+    routing_policy: str = Field("prefix", description="prefix | round_robin | least_load")
     log_dir: str = Field(str(REPO_ROOT / ".run"), description="worker logs and event logs")
 
 
@@ -59,17 +60,20 @@ class Stack:
         cores = os.cpu_count() or 1
         common = dict(model=s.model, served_model_name=s.served_model_name,
                       max_model_len=s.max_model_len, transfer_secret=secret)
+        logs.mkdir(parents=True, exist_ok=True)
         prefill_urls, decode_urls, transfer_addrs = [], [], []
         for i in range(s.prefill_workers):
             worker = WorkerSettings(port=s.prefill_base_port + i, cpu_threads_bind=str(i % cores),
-                                    event_log=str(logs / f"prefill-{i}.events.jsonl"), **common)
+                                    event_log=str(logs / f"prefill-{i}.events.jsonl"),
+                                    kv_events_endpoint=f"ipc://{logs}/prefill-{i}.kv", **common)
             self.servers.append(start_prefill(worker, f"prefill-{i}", logs / f"prefill-{i}.log"))
             prefill_urls.append(f"http://127.0.0.1:{worker.port}")
         for i in range(s.decode_workers):
             worker = WorkerSettings(port=s.decode_base_port + i,
                                     transfer_port=s.transfer_base_port + i,
                                     cpu_threads_bind=str((s.prefill_workers + i) % cores),
-                                    event_log=str(logs / f"decode-{i}.events.jsonl"), **common)
+                                    event_log=str(logs / f"decode-{i}.events.jsonl"),
+                                    kv_events_endpoint=f"ipc://{logs}/decode-{i}.kv", **common)
             self.servers.append(start_decode(worker, f"decode-{i}", logs / f"decode-{i}.log"))
             decode_urls.append(f"http://127.0.0.1:{worker.port}")
             transfer_addrs.append(f"127.0.0.1:{worker.transfer_port}")
@@ -78,7 +82,12 @@ class Stack:
              "--served-model-name", s.served_model_name, "--max-model-len", str(s.max_model_len),
              "--remote-prefill-threshold", str(s.remote_prefill_threshold),
              "--prefill-urls", ",".join(prefill_urls), "--decode-urls", ",".join(decode_urls),
-             "--decode-transfer-addresses", ",".join(transfer_addrs)],
+             "--decode-transfer-addresses", ",".join(transfer_addrs),
+             "--prefill-kv-events", ",".join(f"ipc://{logs}/prefill-{i}.kv"
+                                             for i in range(s.prefill_workers)),
+             "--decode-kv-events", ",".join(f"ipc://{logs}/decode-{i}.kv"
+                                            for i in range(s.decode_workers)),
+             "--routing-policy", s.routing_policy],
             logs / "gateway.log"))
 
     def wait_ready(self, timeout_s: float = 600) -> None:

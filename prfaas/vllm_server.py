@@ -55,6 +55,10 @@ def server_command(settings: WorkerSettings, kv_config: dict | None) -> list[str
     ]
     if kv_config is not None:
         cmd += ["--kv-transfer-config", json.dumps(kv_config)]
+    if settings.kv_events_endpoint:
+        from router.kv_events import events_config
+
+        cmd += ["--kv-events-config", json.dumps(events_config(settings.kv_events_endpoint))]
     return cmd + list(settings.extra_vllm_args)
 
 

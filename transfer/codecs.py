@@ -3,7 +3,17 @@
 Every codec has a wire id, a name and two operations. ``encode`` returns a bytes-like object
 (the raw codec returns a zero-copy view of the tensor's memory); ``decode`` rebuilds a tensor
 of the frame's dtype and shape from the received payload (the raw codec wraps the receive
-buffer without copying). The compression issue adds lossless and lossy codecs here.
+buffer without copying). Lossless codecs (byte-plane shuffle + zstd or lz4) live in
+``transfer.lossless``, lossy ones (fp8, KIVI-style int8) in ``transfer.lossy``; all are
+registered below. Codec ids are wire format: never renumber or reuse one.
+
+| id | name | lossless | payload |
+|---|---|---|---|
+| 0 | raw | yes | the tensor's bytes |
+| 1 | lossless | yes | byte-plane shuffle + zstd level 1 |
+| 2 | lossless-lz4 | yes | byte-plane shuffle + lz4 block |
+| 3 | fp8 | no | float8_e4m3fn + a float32 scale per token per K/V half |
+| 4 | int8 | no | 8-bit asymmetric, keys per channel, values per token |
 """
 
 from __future__ import annotations
@@ -12,13 +22,16 @@ from typing import Protocol
 
 import torch
 
+from transfer.lossless import ShuffleLz4Codec, ShuffleZstdCodec
+from transfer.lossy import Fp8Codec, Int8Codec
+
 
 class Codec(Protocol):
     codec_id: int
     name: str
     lossless: bool
 
-    def encode(self, tensor: torch.Tensor) -> memoryview: ...
+    def encode(self, tensor: torch.Tensor) -> memoryview | bytes: ...
 
     def decode(
         self, payload: bytearray | memoryview, dtype: torch.dtype, shape: tuple[int, ...]
@@ -59,7 +72,10 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
-CODECS: dict[str, Codec] = {"raw": RawCodec()}
+CODECS: dict[str, Codec] = {
+    codec.name: codec
+    for codec in (RawCodec(), ShuffleZstdCodec(), ShuffleLz4Codec(), Fp8Codec(), Int8Codec())
+}
 CODECS_BY_ID: dict[int, Codec] = {codec.codec_id: codec for codec in CODECS.values()}
 
 

@@ -14,6 +14,7 @@ TRANSFER_ID = "prfaas_transfer_id"
 DECODE_ADDRESS = "prfaas_decode_addr"
 NUM_TOKENS = "prfaas_num_tokens"
 REMOTE_PREFILL = "prfaas_remote_prefill"
+FIRST_BLOCK = "prfaas_first_block"  # blocks before it are already on the decode worker
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,14 @@ class TransferParams:
     transfer_id: str
     decode_address: str
     num_tokens: int | None = None
+    first_block: int = 0
 
     def for_prefill(self) -> dict[str, Any]:
-        return {TRANSFER_ID: self.transfer_id, DECODE_ADDRESS: self.decode_address}
+        params: dict[str, Any] = {TRANSFER_ID: self.transfer_id,
+                                  DECODE_ADDRESS: self.decode_address}
+        if self.first_block:
+            params[FIRST_BLOCK] = self.first_block
+        return params
 
     def for_decode(self) -> dict[str, Any]:
         params = {**self.for_prefill(), REMOTE_PREFILL: True}
@@ -37,4 +43,5 @@ class TransferParams:
             return None
         num_tokens = params.get(NUM_TOKENS)
         return cls(str(params[TRANSFER_ID]), str(params[DECODE_ADDRESS]),
-                   int(num_tokens) if num_tokens is not None else None)
+                   int(num_tokens) if num_tokens is not None else None,
+                   max(int(params.get(FIRST_BLOCK) or 0), 0))

@@ -5,6 +5,9 @@ last one; both return at once. Per receiver, ``connections_per_peer`` sender thr
 one connection and drain a shared bounded queue: they encode (off the engine thread),
 checksum and write frames, so layer l is on the wire while layer l+1 computes.
 
+Link emulation: an optional ``LinkShaper`` paces all connections to a set Gbit/s and adds a
+one-way latency, so one box can emulate 1/10/25/100 Gbit/s links.
+
 Flow control: a peer's queue holds at most ``max_inflight_frames``; when a stalled receiver
 keeps it full for ``io_timeout_s`` the transfer is failed (decode then recomputes) instead of
 buffering without bound. ``finish`` sends END once every data frame of the transfer is
@@ -17,6 +20,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -31,11 +35,13 @@ from transfer.frames import (
     control_payload,
     payload_checksum,
 )
+from transfer.shaping import LinkShaper
 from transfer.sockio import tune_socket
 
 log = logging.getLogger("prfaas.transfer.sender")
 
 Address = tuple[str, int]
+_SHAPED_CHUNK = 256 << 10  # pacing granularity on a shaped link
 
 
 def parse_address(address: str) -> Address:
@@ -56,6 +62,7 @@ class _Item:
     block_start: int = 0
     blocks: torch.Tensor | None = None
     control: bytes = b""
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -90,9 +97,7 @@ class _Peer:
                 header, payload = sender.encode(item)
                 if sock is None:
                     sock = sender.connect(self.address)
-                sock.sendall(header)
-                if payload:
-                    sock.sendall(payload)
+                sender.write(sock, item.queued_at, header, payload)
                 item.done.set_result(True)
             except (OSError, ValueError) as exc:
                 log.warning("KV send to %s:%s failed: %s", *self.address, exc)
@@ -114,9 +119,11 @@ class KVSender:
         max_inflight_frames: int = 128,
         connect_timeout_s: float = 5.0,
         io_timeout_s: float = 30.0,
+        shaper: LinkShaper | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the KV sender needs a non-empty shared secret")
+        self.shaper = shaper
         self.codec: Codec = get_codec(codec)
         self.connections_per_peer = connections_per_peer
         self.max_inflight_frames = max_inflight_frames
@@ -193,6 +200,23 @@ class KVSender:
             payload_len=len(payload), checksum=payload_checksum(payload),
         )
         return header.pack(), payload
+
+    def write(self, sock: socket.socket, queued_at: float, header: bytes,
+              payload: memoryview | bytes) -> None:
+        """Write one frame, paced by the link shaper when one is set."""
+        if self.shaper is None:
+            sock.sendall(header)
+            if payload:
+                sock.sendall(payload)
+            return
+        self.shaper.hold_until_due(queued_at)
+        view = memoryview(payload).cast("B") if payload else memoryview(b"")
+        self.shaper.consume(len(header))
+        sock.sendall(header)
+        for start in range(0, len(view), _SHAPED_CHUNK):
+            piece = view[start:start + _SHAPED_CHUNK]
+            self.shaper.consume(len(piece))
+            sock.sendall(piece)
 
     def connect(self, address: Address) -> socket.socket:
         sock = socket.create_connection(address, timeout=self.connect_timeout_s)

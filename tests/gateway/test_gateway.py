@@ -19,7 +19,7 @@ from stack import Launcher, metric
 
 from prfaas.stack import start_gateway
 from router.block_hash import block_hashes, event_key
-from router.kv_events import BlockStored, KVEventSubscriber, events_config
+from router.kv_events import BlockStored, KVEventSubscriber
 
 pytestmark = pytest.mark.slow
 MODEL = "SmolLM2-135M-Instruct"
@@ -37,20 +37,23 @@ class Stack:
         for i in range(2):
             endpoint = f"ipc://{directory}/prefill-{i}.kv"
             self.prefills.append(launcher.start(
-                "prefill", f"prefill-{i}", cpu_threads_bind="0",
-                extra_vllm_args=["--kv-events-config", json.dumps(events_config(endpoint))]))
+                "prefill", f"prefill-{i}", cpu_threads_bind="0", kv_events_endpoint=endpoint))
             self.subscribers.append(KVEventSubscriber(
                 endpoint, lambda seq, batch, name=f"prefill-{i}": self._stored(name, batch)))
-        self.decode = launcher.start("decode", "decode", cpu_threads_bind="1")
+        self.decode = launcher.start("decode", "decode", cpu_threads_bind="1",
+                                     kv_events_endpoint=f"ipc://{directory}/decode.kv")
         from stack import free_port
 
         self.port = free_port()
-        self.gateway = start_gateway(
-            ["--port", str(self.port), "--remote-prefill-threshold", str(THRESHOLD),
-             "--prefill-urls", ",".join(p.url for p in self.prefills),
-             "--decode-urls", self.decode.url,
-             "--decode-transfer-addresses", self.decode.transfer_address],
-            directory / "gateway.log")
+        self.gateway_args = [
+            "--port", str(self.port), "--remote-prefill-threshold", str(THRESHOLD),
+            "--prefill-urls", ",".join(p.url for p in self.prefills),
+            "--decode-urls", self.decode.url,
+            "--decode-transfer-addresses", self.decode.transfer_address,
+            "--prefill-kv-events", ",".join(f"ipc://{directory}/prefill-{i}.kv" for i in range(2)),
+            "--decode-kv-events", f"ipc://{directory}/decode.kv"]
+        self.directory = directory
+        self.gateway = start_gateway(self.gateway_args, directory / "gateway.log")
         for subscriber in self.subscribers:
             subscriber.start()
         launcher.wait_ready()
@@ -197,6 +200,54 @@ def test_shared_prefixes_stick_to_one_prefill_worker_and_hit_its_cache(stack):
         assert raw.headers["x-prfaas-route"].split(">")[0] == routes[3]
     hits_after = metric(worker.url, "vllm:prefix_cache_hits_total")
     assert hits_after - hits_before >= 3 * 128, "the shared prefix was not served from cache"
+
+
+def wire_bytes_of_last_load(stack) -> tuple[int, dict]:
+    loaded = stack.decode.events("kv_loaded")[-1]
+    frames = stack.decode.events("frame_received", transfer_id=loaded["transfer_id"])
+    return sum(f["wire_bytes"] for f in frames), loaded
+
+
+def test_multiturn_second_turn_sends_only_what_decode_lacks(stack):
+    system = "You are a patient tutor.\n" + long_document(14)
+    turn1 = user("Which notes are about libraries?", system=system)
+    raw1 = greedy_chat(stack.client, turn1, max_tokens=24)
+    first = raw1.parse()
+    bytes1, loaded1 = wire_bytes_of_last_load(stack)
+    assert raw1.headers["x-prfaas-route"].startswith("remote:")
+    time.sleep(1.0)  # let decode's KV events confirm the blocks it now holds
+    turn2 = turn1 + [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "And which are about markets? "
+                                                 + long_document(6)}]
+    raw2 = greedy_chat(stack.client, turn2, max_tokens=24)
+    second = raw2.parse()
+    expected = stack.reference_client.chat.completions.create(
+        model=MODEL, messages=turn2, max_tokens=24, temperature=0)
+    assert second.choices[0].message.content == expected.choices[0].message.content
+    assert raw2.headers["x-prfaas-route"].startswith("remote:")
+    bytes2, loaded2 = wire_bytes_of_last_load(stack)
+    assert loaded2["transfer_id"] != loaded1["transfer_id"]
+    assert loaded2["first_block"] > 0, "decode did not reuse its cached turn-1 blocks"
+    assert 0 < bytes2 < bytes1, (bytes1, bytes2)
+    assert second.usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_restarted_gateway_rebuilds_its_prefix_index(stack):
+    before = httpx.get(f"{stack.url}/debug/prefix-index", timeout=10).json()["blocks"]
+    assert before.get("decode-0", 0) > 0
+    stack.gateway.stop()
+    stack.gateway = start_gateway(stack.gateway_args, stack.directory / "gateway.log")
+    stack.gateway.wait_ready()
+    deadline = time.monotonic() + 20
+    after: dict = {}
+    while time.monotonic() < deadline:
+        after = httpx.get(f"{stack.url}/debug/prefix-index", timeout=10).json()["blocks"]
+        if after.get("decode-0", 0) >= before["decode-0"] * 0.9:
+            break
+        time.sleep(0.5)
+    assert after.get("decode-0", 0) > 0, after
+    for worker, count in before.items():
+        assert after.get(worker, 0) >= count * 0.9, (before, after)
 
 
 def test_bad_requests_get_openai_errors(stack):

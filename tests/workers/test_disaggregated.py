@@ -167,7 +167,8 @@ def test_prefill_killed_before_and_during_transfer(stack, workers, reference_out
         import httpx
 
         async with httpx.AsyncClient(timeout=300) as client:
-            return await run_prefill(client, victim.url, "SmolLM2-135M-Instruct", prompt, transfer)
+            return await run_prefill(client, victim.url, "SmolLM2-135M-Instruct", prompt,
+                                     transfer)
 
     asyncio.run(prefill_only(finished_prompt, done))
 
