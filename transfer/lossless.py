@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import zstandard
 
-# zstd level 1 compresses KV as well as level 3 (within 0.5%) at ~1.6x the speed (measured
-# on float32 and bfloat16 KV of the default model; see benchmarks/codecs.py).
+# Level 1 beats level 3 on KV in ratio *and* speed (real SmolLM2 KV, shuffled: float32 1.193x
+# vs 1.178x at ~1.4x the speed, bfloat16 1.460x vs 1.414x); higher levels gain nothing.
 ZSTD_LEVEL = 1
 
 
@@ -42,10 +42,11 @@ def shuffle(tensor: torch.Tensor) -> np.ndarray:
 def unshuffle(planes: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``shuffle``: [itemsize, numel] planes back to a tensor of dtype and shape."""
     itemsize, count = planes.shape
-    values = np.empty((count, itemsize), dtype=np.uint8)
+    out = torch.empty(count * itemsize, dtype=torch.uint8)
+    values = out.numpy().reshape(count, itemsize)
     for byte in range(itemsize):
         values[:, byte] = planes[byte]
-    return torch.from_numpy(values).view(dtype).reshape(shape)
+    return out.view(dtype).reshape(shape)
 
 
 def _planes(data: bytes | bytearray | memoryview, dtype: torch.dtype,
@@ -58,8 +59,11 @@ def _planes(data: bytes | bytearray | memoryview, dtype: torch.dtype,
 
 
 class ShuffleZstdCodec:
-    """Byte-plane shuffle + zstd (level ``ZSTD_LEVEL``). Exact: decode(encode(x)) is x, bit
-    for bit, for every dtype and shape (odd sizes and empty tensors included)."""
+    """Byte-plane shuffle + zstd (level ``ZSTD_LEVEL``). Error bound: none, decode(encode(x))
+    is x bit for bit for every dtype and shape (odd sizes, empty tensors, NaN/inf included;
+    asserted in tests). Measured on real SmolLM2 KV, one core: 1.19x on float32, 1.46x on
+    bfloat16 (random low mantissa bytes cap float32); encode ~0.6, decode ~1.2 GB/s of raw
+    bytes, most of it spent on the sign/exponent byte plane."""
 
     codec_id = 1
     name = "lossless"
@@ -94,7 +98,9 @@ class ShuffleZstdCodec:
 
 class ShuffleLz4Codec:
     """Byte-plane shuffle + lz4 block (default mode, no stored size: the frame header's dtype
-    and shape give it). Lower ratio than zstd, faster to compress. Exact, like ``lossless``."""
+    and shape give it). Exact, like ``lossless``. Measured on real SmolLM2 KV, one core:
+    1.08x on float32, 1.17x on bfloat16, encode ~0.75, decode ~1.4 GB/s: only slightly
+    faster than zstd level 1 on this data, for a much lower ratio."""
 
     codec_id = 2
     name = "lossless-lz4"

@@ -9,7 +9,7 @@ recomputes). Metadata is float32: exact for any float32 range, no underflow for 
 Payload = float32 metadata arrays, then one byte per element; its length follows from the
 frame's shape, and decoders reject any other length with ``ValueError``. All arithmetic is
 float32 whatever the input dtype; decoding ends with one rounding to the output dtype, whose
-half-ulp (2^-24 f32, 2^-9 bf16, 2^-11 f16 relative) adds to the bounds stated per codec.
+half-ulp (2^-24 f32, 2^-8 bf16, 2^-11 f16 relative) adds to the bounds stated per codec.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _TINY = 1e-30  # scale floor: an all-zero group encodes as zeros, not 0/0
-# float32 value of each of the 256 e4m3fn codes: a table lookup decodes ~5x faster than
-# torch's scalar float8 -> float32 conversion on CPU (bit-identical, NaN codes included).
+# float32 value of each of the 256 e4m3fn codes (read-only): a table lookup decodes ~3x faster
+# than torch's scalar float8 -> float32 conversion on CPU (bit-identical, NaN codes included).
 _FP8_VALUES = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+_FP8_VALUES.setflags(write=False)
 
 
 def _kv_split(dtype: torch.dtype, shape: tuple[int, ...], min_dims: int) -> int:
@@ -65,9 +66,10 @@ class Fp8Codec:
     Bound (asserted in tests/transfer/test_codecs.py, all dtypes): per element
     ``|x' - x| <= 2^-4 * |x| + 2^-10 * scale`` (+ output rounding), i.e. at most half an
     e4m3 ulp (3 mantissa bits) for normal codes, half the subnormal step below 2^-6 * scale;
-    overall never more than 2^-4 of the group amax. Measured on real SmolLM2 float32 KV:
-    relative L2 error ~2.3%, median element relative error ~2%. Payload: 4 bytes per group
-    + 1 per element (3.76x smaller than float32 for head_dim 64, 1.88x than bfloat16).
+    overall never more than 2^-4 of the group amax. Measured on real SmolLM2 KV (float32
+    and bfloat16): mean |x' - x| / mean |x| = 2.0%, relative L2 error 2.2%. Payload: 4 bytes
+    per group + 1 per element (3.76x smaller than float32 for head_dim 64, 1.88x than
+    bfloat16).
     """
 
     codec_id = 3
@@ -119,12 +121,13 @@ class Int8Codec:
     head_dim). Asymmetric: code = round((x - min) / s), s = (max - min) / 255, both float32.
 
     Why asymmetric: post-RoPE key channels carry large offsets (real SmolLM2 KV: channel
-    means up to 12 with std ~1), which a symmetric range wastes half its codes on. Measured
+    means up to 12 with std ~1): a range centred on 0 can leave most codes unused. Measured
     on real SmolLM2 float32 KV (relative L2 error, symmetric -> asymmetric): keys 0.44% ->
     0.31%, values 0.73% -> 0.60%, for 4% more payload.
 
     Bound (asserted in tests, all dtypes): per element ``|x' - x| <= s / 2 = (max - min) /
-    510`` of its group (+ float32 arithmetic and output rounding). Payload for
+    510`` of its group (+ float32 arithmetic and output rounding). Measured on real SmolLM2
+    float32 KV: mean |x' - x| / mean |x| = 0.45%, relative L2 error 0.37%. Payload for
     ``[..., T, 2 * d]``: per leading index 8 * d bytes of key ranges and 8 * T of value
     ranges, then 1 byte per element (3.66x smaller than float32 for d=64, T=128; 1.83x than
     bfloat16). Needs >= 2 dims (tokens, then channels).
