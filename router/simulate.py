@@ -7,7 +7,7 @@ The model, stated once:
 - **Blocks.** A request is the chained keys of its prompt's full blocks (equal keys mean an
   equal prefix up to and including that block, as with vLLM's block hashes). Synthetic traces
   chain Python's (deterministic) tuple hash instead of sha256: the simulator needs only the
-  equality semantics, and it is ~50x faster. A Mooncake trace's ``hash_ids`` are used as they
+  equality semantics, and it is ~9x faster. A Mooncake trace's ``hash_ids`` are used as they
   are, one id per block of 512 tokens.
 - **Worker cache.** Each worker holds at most ``cache_blocks`` blocks, LRU by default (vLLM's
   free-block queue), or S3-FIFO (``router.eviction``). A request hits the contiguous run of
@@ -16,18 +16,21 @@ The model, stated once:
   request is assigned: each worker serves FIFO, so a queued request finds its predecessors'
   blocks computed. Only prompt blocks are cached; a prefill worker never holds output KV.
 - **Load.** Time is in token-times (one token of prefill on one worker). A request costs
-  ``uncached_tokens + overhead_tokens`` of work and each worker is a FIFO single server, so
-  its load at an arrival is its *outstanding work*: ``max(0, busy_until - now)``. SGLang's
-  ``cache_aware`` sees what sgl-router sees instead, the number of outstanding requests.
-  Arrivals are rescaled so that the offered load, counting every prompt token as uncached, is
-  ``utilization x workers``; caching makes the real load lower.
+  ``uncached_tokens + overhead_tokens`` of work; each worker is a FIFO single server, so its
+  load when a request arrives is its *outstanding work*, ``max(0, busy_until - now)``, which
+  ``least_load`` minimises. SGLang's ``cache_aware`` sees what sgl-router sees instead, the
+  number of outstanding requests. Arrivals are rescaled so that the offered load, counting
+  every prompt token as uncached, is ``utilization x workers``; caching makes it lower.
 - **Metrics** (the same for every policy). ``hit rate`` = prompt blocks found in the chosen
   worker's cache / all prompt blocks. ``max/mean load`` = the most work any worker was given
   over the run / the mean work per worker: how much busier than average the busiest worker
-  was. ``TTFT`` is queueing plus prefill time, in ms at ``tokens_per_s`` per worker.
+  was (a ratio of busy times, so it does not swing with the momentary queue lengths of a
+  lightly loaded cluster; it needs many requests per worker to settle, since one miss is
+  ~1000 tokens of work). ``TTFT`` is queueing plus prefill, in ms at ``tokens_per_s``.
 
 Policies: ``prefix`` (ours, ``PrefixPolicy``), ``cache_aware`` (a reimplementation of
-sgl-router's, ``CacheAwarePolicy``), ``round_robin`` and ``least_load``.
+sgl-router's, ``CacheAwarePolicy``), ``round_robin``, ``least_load``, and ``prefix_live``
+(the live ``router.policy`` rule as it stands, ``LivePrefixPolicy``; not run by default).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pathlib import Path
 from typing import Protocol
 
 from router.eviction import LRUCache, S3FifoCache
-from router.rendezvous import choose_bounded
+from router.rendezvous import choose_bounded, ranked
 
 MOONCAKE_BLOCK_TOKENS = 512
 _LOW_64 = (1 << 64) - 1
@@ -193,7 +196,7 @@ class SimConfig:
     utilization: float = 0.7  # offered load per worker, every prompt token uncached
     overhead_tokens: int = 16  # fixed work per request, in token-times
     tokens_per_s: float = 10_000.0  # a worker's prefill rate, for TTFT in ms only
-    load_bound: float = 1.25  # ours: no worker above this x the mean load
+    load_bound: float = 1.25  # ours: no worker above this x the mean assigned work
     seed: int = 0
 
 
@@ -213,6 +216,7 @@ class Cluster:
         self.busy_until = [0.0] * n
         self.outstanding = [0] * n  # requests queued or in prefill
         self.assigned = [0.0] * n  # all work given to the worker so far
+        self.total_assigned = 0.0
         self._completions: list[tuple[float, int]] = []
         self.now = 0.0
 
@@ -241,9 +245,11 @@ class Cluster:
             holders = self.holders.get(key)
             if not holders:
                 break
-            current = current & holders
-            if not current:
-                break
+            if not holders <= current:  # with prefix-closed caches (LRU) it always is
+                holders = current & holders
+                if not holders:
+                    break
+            current = holders
             levels.append(current)
         return levels
 
@@ -265,6 +271,7 @@ class Cluster:
         finish = max(self.now, self.busy_until[worker]) + work
         self.busy_until[worker] = finish
         self.assigned[worker] += work
+        self.total_assigned += work
         self.outstanding[worker] += 1
         heapq.heappush(self._completions, (finish, worker))
         return hit, finish
@@ -292,49 +299,97 @@ class Policy(Protocol):
     def choose(self, request: Request, cluster: Cluster) -> int: ...
 
 
-def bounded_capacity(total_load: float, workers: int, bound: float) -> int:
-    """The load a worker must stay below to take a request, exactly as
-    ``router.rendezvous.choose_bounded`` computes it (an idle worker always qualifies)."""
-    return math.ceil(bound * (total_load + 1) / workers)
-
-
 def leading_key(request: Request) -> bytes:
     return ((request.blocks[0] if request.blocks else request.input_tokens) & _LOW_64
             ).to_bytes(8, "big")
 
 
 class PrefixPolicy:
-    """Ours: the worker holding the longest prefix of the request's blocks, among those with
-    outstanding work below ``bounded_capacity`` (about ``bound`` x the mean); on equal match
-    the less loaded; when no holder qualifies (or none exists), bounded rendezvous hashing on
-    the leading block's key. Explained in one line: *longest cached prefix, unless that
-    worker is over its share of the work; then the prompt's rendezvous order.*"""
+    """Ours, in one line: *the longest cached prefix, unless that worker would go over
+    ``bound`` x the mean work; then shorter prefixes; then the prompt's rendezvous order.*
+
+    A worker *fits* a request when, given it, its assigned work stays within ``bound`` x the
+    mean: ``(assigned[w] + work_w) * n <= bound * (total + work_w)``, where ``work_w`` is the
+    request's work on ``w`` (uncached tokens + overhead: a hit is cheap, so a holder fits
+    more often). Preference: the holders of the longest prefix (``Cluster.prefix_holders``),
+    least loaded first, then the holders of each shorter prefix; then every worker in the
+    rendezvous order of the leading block's key (``router.rendezvous.ranked``, the order
+    ``choose_bounded`` walks, with this work-weighted bound instead of its one-unit-per-request
+    one). If no worker fits (only early in a run, while one request is large against the
+    mean), the least loaded worker.
+
+    The load is the work assigned so far, the quantity ``max/mean load`` measures (the live
+    router would keep a decayed sum of it). Invariant (tested): once the mean work per worker
+    is at least ``largest request work / (bound - 1)`` (4 misses at ``bound=1.25``), the least
+    loaded worker always fits, so every assignment keeps its worker within ``bound x mean``
+    and ``max/mean`` never again exceeds ``max(bound, its value then)``."""
 
     name = "prefix"
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self._rankings: dict[bytes, list[int]] = {}
+
+    def _ranking(self, key: bytes, workers: int) -> list[int]:
+        order = self._rankings.get(key)
+        if order is None or len(order) != workers:
+            if len(self._rankings) >= 1024:  # bounded: a ranking holds every worker
+                self._rankings.clear()
+            names = [str(i) for i in range(workers)]
+            order = self._rankings[key] = [int(name) for name in ranked(key, names)]
+        return order
+
+    def choose(self, request: Request, cluster: Cluster) -> int:
+        n = cluster.size
+        bound = self.bound
+        loads = cluster.assigned
+        total = cluster.total_assigned
+        overhead = cluster.config.overhead_tokens
+        tokens = request.input_tokens
+        levels = cluster.prefix_holders(request.blocks)
+        deeper: set[int] = set()
+        for depth in range(len(levels), 0, -1):
+            level = levels[depth - 1]
+            tier = level - deeper if deeper else level
+            deeper = level
+            if not tier:
+                continue
+            work = tokens - min(tokens, depth * cluster.block_size) + overhead
+            best = min(tier, key=lambda w: (loads[w], w))
+            if (loads[best] + work) * n <= bound * (total + work):
+                return best
+        work = tokens + overhead
+        for w in self._ranking(leading_key(request), n):
+            if (loads[w] + work) * n <= bound * (total + work):
+                return w
+        return loads.index(min(loads))
+
+class LivePrefixPolicy:
+    """``router.policy.Router.choose_prefill`` as it stands, for comparison: among workers
+    with fewer outstanding requests than ``ceil(bound x (total + 1) / n)``, the longest
+    match, then the fewest outstanding requests (then the least outstanding work, standing in
+    for in-flight tokens); with no match anywhere, ``choose_bounded`` on the leading block's
+    key over outstanding request counts."""
+
+    name = "prefix_live"
 
     def __init__(self, bound: float) -> None:
         self.bound = bound
         self._names: list[str] = []
 
     def choose(self, request: Request, cluster: Cluster) -> int:
-        loads = cluster.work_loads()
-        capacity = bounded_capacity(sum(loads), cluster.size, self.bound)
-        deeper: set[int] = set()
+        n = cluster.size
+        counts = cluster.outstanding
+        capacity = math.ceil(self.bound * (sum(counts) + 1) / n)
+        work = cluster.work_loads()
         for level in reversed(cluster.prefix_holders(request.blocks)):
-            tier = level - deeper if deeper else level
-            deeper = level
-            if not tier:
-                continue
-            best = min(tier, key=lambda w: (loads[w], w))
-            if loads[best] < capacity:
-                return best
-        if len(self._names) != cluster.size:
-            self._names = [f"w{i}" for i in range(cluster.size)]
-        name = choose_bounded(leading_key(request),
-                              {n: math.ceil(load) for n, load in zip(self._names, loads,
-                                                                     strict=True)},
-                              self.bound)
-        return int(name[1:])
+            eligible = [w for w in level if counts[w] < capacity]
+            if eligible:
+                return min(eligible, key=lambda w: (counts[w], work[w], w))
+        if len(self._names) != n:
+            self._names = [str(i) for i in range(n)]
+        return int(choose_bounded(leading_key(request), dict(zip(self._names, counts,
+                                                                 strict=True)), self.bound))
 
 
 class RoundRobinPolicy:
@@ -483,12 +538,14 @@ class CacheAwarePolicy:
         return worker
 
 
-POLICIES = ("prefix", "cache_aware", "round_robin", "least_load")
+POLICIES = ("prefix", "cache_aware", "round_robin", "least_load", "prefix_live")
 
 
 def make_policy(name: str, config: SimConfig) -> Policy:
     if name == "prefix":
         return PrefixPolicy(config.load_bound)
+    if name == "prefix_live":
+        return LivePrefixPolicy(config.load_bound)
     if name == "cache_aware":
         return CacheAwarePolicy(config.workers, config.cache_blocks, seed=config.seed)
     if name == "round_robin":
@@ -585,7 +642,7 @@ def format_table(results: Iterable[SimResult]) -> str:
     rows = [(r.trace, str(r.workers), r.policy, f"{r.hit_rate:.3f}", f"{r.max_mean_load:.3f}",
              f"{r.mean_ttft_ms:.1f}", f"{r.p99_ttft_ms:.1f}", f"{r.seconds:.1f}")
             for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
@@ -599,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", choices=TRACES, default="system_prompts")
     parser.add_argument("--trace-file", help="a Mooncake-format JSONL file (--trace mooncake)")
     parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES[:4]))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=16,
                         help="tokens per block for synthetic traces (Mooncake: 512)")
