@@ -30,6 +30,7 @@ class Codec(Protocol):
     codec_id: int
     name: str
     lossless: bool
+    views_payload: bool  # decode returns a view of the payload buffer (else a new tensor)
 
     def encode(self, tensor: torch.Tensor) -> memoryview | bytes: ...
 
@@ -50,6 +51,7 @@ class RawCodec:
     codec_id = 0
     name = "raw"
     lossless = True
+    views_payload = True  # decode wraps the receive buffer; it stays held until installed
 
     def encode(self, tensor: torch.Tensor) -> memoryview:
         return tensor_bytes(tensor.cpu())

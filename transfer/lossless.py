@@ -68,6 +68,7 @@ class ShuffleZstdCodec:
     codec_id = 1
     name = "lossless"
     lossless = True
+    views_payload = False
 
     def __init__(self, level: int = ZSTD_LEVEL) -> None:
         self.level = level
@@ -105,6 +106,7 @@ class ShuffleLz4Codec:
     codec_id = 2
     name = "lossless-lz4"
     lossless = True
+    views_payload = False
 
     def encode(self, tensor: torch.Tensor) -> bytes:
         planes = shuffle(tensor)

@@ -75,6 +75,7 @@ class Fp8Codec:
     codec_id = 3
     name = "fp8"
     lossless = False
+    views_payload = False
 
     @staticmethod
     def payload_size(shape: tuple[int, ...]) -> int:
@@ -136,6 +137,7 @@ class Int8Codec:
     codec_id = 4
     name = "int8"
     lossless = False
+    views_payload = False
 
     @staticmethod
     def _layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:

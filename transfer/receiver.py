@@ -131,6 +131,7 @@ class KVReceiver:
         conn.settimeout(self._io_timeout_s)  # ... but a frame, once begun, must keep coming
         recv_into_exactly(conn, memoryview(header_buf)[first:])
         header = FrameHeader.unpack(header_buf, self._max_frame_bytes)
+        buffer: bytearray | None
         buffer, payload = self.store.pool.acquire(header.payload_len)
         recv_into_exactly(conn, payload)
         received_at = time.time()
@@ -152,9 +153,12 @@ class KVReceiver:
                 self.store.pool.release(buffer)
                 self.store.fail(tid, f"undecodable layer {header.layer} frame: {exc}")
                 return True
+            if not codec.views_payload:
+                self.store.pool.release(buffer)  # decoded into a new tensor: buffer is free
+                buffer = None
             self.store.add_frame(tid, StagedFrame(
                 header.layer, header.block_start, header.num_blocks, tensor,
-                header.payload_len, received_at, buffer,
+                tensor.numel() * tensor.element_size(), received_at, buffer,
             ))
         elif header.kind is FrameKind.END:
             info = parse_control_payload(payload)

@@ -95,11 +95,17 @@ class _Peer:
                 continue
             try:
                 header, payload = sender.encode(item)
+            except ValueError as exc:  # this layer cannot be encoded: fail its transfer only
+                log.warning("KV frame for %s not encodable: %s", item.transfer_id, exc)
+                sender.fail(item.transfer_id, f"encode failed: {exc}")
+                item.done.set_result(False)
+                continue
+            try:
                 if sock is None:
                     sock = sender.connect(self.address)
                 sender.write(sock, item.queued_at, header, payload)
                 item.done.set_result(True)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
                 log.warning("KV send to %s:%s failed: %s", *self.address, exc)
                 if sock is not None:
                     sock.close()

@@ -139,15 +139,22 @@ def test_greedy_output_equals_reference_remote_and_local_paths(stack):
         user(long_document(45) + "\nWhich note mentions the most visitors?"),
         user(shared + "\nSummarize the notes about rivers.", system="You are an archivist."),
         user(shared + "\nHow many notes are about trains?", system="You are an archivist."),
-        user(long_document(20) + "\nList the notes about gardens."),
-        user(long_document(25) + "\nWhat was repaired most often?"),
+        user(long_document(20) + "\nList the notes about gardens.", system="Gardens desk."),
+        user(long_document(25) + "\nWhat was repaired most often?", system="Repairs desk."),
     ]
-    for messages in cases:
+    for number, messages in enumerate(cases):
         loaded_before = len(stack.decode.events("kv_loaded"))
         raw = greedy_chat(stack.client, messages)
         expected = stack.reference_client.chat.completions.create(
             model=MODEL, messages=messages, max_tokens=24, temperature=0)
-        assert raw.parse().choices[0].message.content == expected.choices[0].message.content
+        response = raw.parse()
+        assert response.choices[0].message.content == expected.choices[0].message.content
+        if number == 2:
+            # Shares ~900 tokens with case 1, which decode-0 now holds: the rest is below
+            # the threshold, so decode prefills it locally on top of its cached prefix.
+            assert raw.headers["x-prfaas-route"] == "local>decode-0"
+            assert response.usage.prompt_tokens_details.cached_tokens >= 7 * 128
+            continue
         assert raw.headers["x-prfaas-route"].startswith("remote:prefill-")
         loaded = stack.decode.events("kv_loaded")
         assert len(loaded) == loaded_before + 1, "decode recomputed instead of loading KV"
@@ -196,7 +203,10 @@ def test_shared_prefixes_stick_to_one_prefill_worker_and_hit_its_cache(stack):
     hits_before = metric(worker.url, "vllm:prefix_cache_hits_total")
     for question in ("Which notes are about rivers?", "Which notes are about trains?",
                      "Which notes mention repairs?"):
-        raw = greedy_chat(stack.client, user(question, system=system), max_tokens=2)
+        # A long, distinct user turn keeps the uncached part above the remote threshold even
+        # though decode-0 now holds the shared system prompt.
+        turn = question + "\n" + long_document(14)
+        raw = greedy_chat(stack.client, user(turn, system=system), max_tokens=2)
         assert raw.headers["x-prfaas-route"].split(">")[0] == routes[3]
     hits_after = metric(worker.url, "vllm:prefix_cache_hits_total")
     assert hits_after - hits_before >= 3 * 128, "the shared prefix was not served from cache"
@@ -280,17 +290,23 @@ def test_bad_requests_get_openai_errors(stack):
 
 
 def test_killed_prefill_worker_is_routed_around(stack):
-    system = "You keep archive number 7.\n" + long_document(19)
-    messages = user("Which notes are about orchards?", system=system)
-    first = greedy_chat(stack.client, messages).headers["x-prfaas-route"]
-    victim = next(p for p in stack.prefills if first.startswith(f"remote:{p.server.name}"))
+    system = "You keep the orchard registry.\n" + long_document(19)
+
+    def turn(i: int) -> list[dict]:  # distinct long user turns: uncached on decode-0
+        return user(f"Question {i} about orchards.\n" + long_document(14), system=system)
+
+    first = greedy_chat(stack.client, turn(0)).headers["x-prfaas-route"]
+    victim = next(p for p in stack.prefills if first.startswith(f"remote:{p.server.name}>"))
     victim.server.kill()
-    expected = stack.reference_client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=24, temperature=0)
-    for _ in range(3):
+    routes = []
+    for i in range(1, 4):
+        messages = turn(i)
         raw = greedy_chat(stack.client, messages)
+        expected = stack.reference_client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=24, temperature=0)
         assert raw.parse().choices[0].message.content == expected.choices[0].message.content
-        assert not raw.headers["x-prfaas-route"].startswith(f"remote:{victim.server.name}")
+        routes.append(raw.headers["x-prfaas-route"])
+    assert not any(r.startswith(f"remote:{victim.server.name}>") for r in routes), routes
 
 
 def test_killed_decode_worker_ends_stream_with_clean_error(stack):
