@@ -1,16 +1,23 @@
-"""KV throughput of `transfer` (raw codec) over loopback against a plain-socket baseline.
+"""KV transfer over loopback: throughput vs plain sockets, codecs, and TTFT on shaped links.
 
-Moves the KV of one 4096-token prompt of the default model (30 layers, 32 blocks of
-[3 heads, 128 tokens, 2 x 64] per layer, in the served dtype) from this process to a receiver
-process, and reports GB/s for:
+All tables come from one run, on the KV of one 4096-token prompt of the default model (30
+layers of [32 blocks, 3 heads, 128 tokens, 2 x 64], float32). The receiver is a separate
+process on 127.0.0.1.
 
-- baseline: ``socket.sendall`` of each layer into ``recv_into`` a preallocated buffer, no
-  framing, no checksum, no staging (the ceiling for one TCP connection);
-- prfaas: ``KVSender`` -> ``KVReceiver`` with the authenticated handshake, frame headers,
-  xxh3 checksums, staging and END accounting.
+1. Throughput, raw codec: ``KVSender`` -> ``KVReceiver`` (handshake, frame headers, xxh3
+   checksums, staging, END accounting) against ``socket.sendall`` into ``recv_into`` a
+   preallocated buffer (the one-connection ceiling). Goal: ratio >= 0.8.
+2. Codecs: ratio, encode/decode GB/s per core, error (``benchmarks/kv_codecs.py`` on the same
+   synthetic KV-like data; see its docstring).
+3. TTFT on emulated links (``LinkShaper``: 1, 10, 25 Gbit/s) with and without layer
+   pipelining. This isolates the transfer: a stand-in producer releases layer l at
+   ``(l + 1) / 30`` of ``--prefill-s`` (pipelined, as ``save_kv_layer`` does) or all layers
+   at ``--prefill-s`` (not pipelined); "TTFT" is when the receiver holds the complete
+   transfer. ``hidden`` = the share of the unpipelined transfer time that pipelining removes.
+   The default ``--prefill-s`` is the 4096-token prefill time measured on this machine with
+   the real prefill worker (see the closing note of the compression issue).
 
-Both run in the same invocation; the ratio prfaas / baseline is the figure to quote
-(goal >= 0.8). Usage: ``python benchmarks/transfer.py [--tokens 4096] [--repeats 5]``.
+Usage: ``python benchmarks/transfer.py [--tokens 4096] [--repeats 7] [--prefill-s 6.0]``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -132,14 +140,48 @@ def run_prfaas(layers: list[torch.Tensor], repeats: int, connections: int) -> li
     return seconds
 
 
+def shaped_ttft(layers: list[torch.Tensor], codec: str, gbps: float, prefill_s: float,
+                pipelined: bool, connections: int) -> float:
+    """Seconds from prefill start until the receiver holds the whole transfer."""
+    from transfer.frames import new_transfer_id
+    from transfer.sender import KVSender
+    from transfer.shaping import LinkShaper
+
+    port, (parent, child) = free_port(), mp.Pipe()
+    proc = mp.get_context("spawn").Process(target=prfaas_receiver, args=(port, 1, child))
+    proc.start()
+    parent.recv()
+    sender = KVSender(SECRET, codec=codec, connections_per_peer=connections,
+                      shaper=LinkShaper(gbps), max_inflight_frames=64)
+    peer = ("127.0.0.1", port)
+    try:
+        tid = new_transfer_id()
+        parent.send(tid)
+        start = time.perf_counter()
+        for index, blocks in enumerate(layers):
+            release = start + prefill_s * ((index + 1) / len(layers) if pipelined else 1.0)
+            time.sleep(max(0.0, release - time.perf_counter()))
+            sender.send_layer(peer, tid, index, 0, blocks)
+        sender.finish(tid, {"num_tokens": 0})
+        parent.recv()
+        return time.perf_counter() - start
+    finally:
+        sender.close()
+        proc.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--prefill-s", type=float, default=6.0)
+    parser.add_argument("--links", default="1,10,25", help="Gbit/s, comma-separated")
+    parser.add_argument("--codecs", default="raw,lossless,fp8,int8")
     args = parser.parse_args()
-    layers = layer_tensors(args.tokens, getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype)
+    layers = layer_tensors(args.tokens, dtype)
     total = sum(t.numel() * t.element_size() for t in layers)
     baseline = statistics.median(run_baseline(layers, args.repeats))
     prfaas = statistics.median(run_prfaas(layers, args.repeats, args.connections))
@@ -149,6 +191,29 @@ def main() -> None:
     print(f"  baseline socket.sendall -> recv_into : {gbps(baseline):6.2f} GB/s")
     print(f"  prfaas transfer (raw codec, {args.connections} conn)  : {gbps(prfaas):6.2f} GB/s")
     print(f"  ratio prfaas / baseline               : {baseline / prfaas:6.2f}")
+
+    from kv_codecs import measure, synthetic_layer
+
+    kv = [synthetic_layer(args.tokens // 128, layer, dtype) for layer in range(LAYERS)]
+    codecs = args.codecs.split(",")
+    print("\nCodecs on synthetic KV-like data (1 torch thread; see benchmarks/kv_codecs.py)")
+    print(f"  {'codec':<12} {'ratio':>6} {'enc GB/s':>9} {'dec GB/s':>9} {'mean rel err':>13}")
+    torch.set_num_threads(1)
+    for name in codecs:
+        row = measure(name, kv, repeats=2)
+        print(f"  {name:<12} {row.ratio:6.2f} {row.encode_gbps:9.2f} {row.decode_gbps:9.2f} "
+              f"{row.mean_rel:13.5f}")
+
+    print(f"\nTTFT of the transfer on shaped links, prefill {args.prefill_s:.1f} s "
+          f"(stand-in producer, {args.connections} connection(s))")
+    print(f"  {'codec':<10} {'Gbit/s':>6} {'pipelined s':>12} {'serial s':>9} {'hidden':>7}")
+    for name in codecs:
+        for link in (float(x) for x in args.links.split(",")):
+            piped = shaped_ttft(kv, name, link, args.prefill_s, True, args.connections)
+            serial = shaped_ttft(kv, name, link, args.prefill_s, False, args.connections)
+            exposed_serial = serial - args.prefill_s
+            hidden = 1 - (piped - args.prefill_s) / exposed_serial if exposed_serial > 0 else 1
+            print(f"  {name:<10} {link:6.0f} {piped:12.2f} {serial:9.2f} {hidden:7.0%}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ layer l+1 computes; ``wait_for_save`` closes each transfer whose last chunk ran 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._layer_index: dict[str, int] = {}
         self._open: dict[str, str] = {}  # req_id -> transfer id still receiving layers
         self._closing: dict[str, Future] = {}  # req_id -> END/ABORT send in flight
+        self._transfer_of: dict[str, str] = {}  # req_id -> transfer id being closed
+        self._forward_done: dict[str, float] = {}  # transfer id -> when its last chunk ran
         self._finished_seen: set[str] = set()
         if role is KVConnectorRole.WORKER:
             shaper = None
@@ -218,6 +221,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
                              is_last=chunk.is_last)
             if chunk.is_last:
                 self._open.pop(chunk.req_id, None)
+                self._forward_done[chunk.transfer_id] = time.time()
+                self._transfer_of[chunk.req_id] = chunk.transfer_id
                 self._closing[chunk.req_id] = self._sender.finish(
                     chunk.transfer_id, {"num_tokens": chunk.num_prompt_tokens})
 
@@ -226,14 +231,32 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._finished_seen |= finished_req_ids & (set(self._open) | set(self._closing))
         for req_id in finished_req_ids & set(self._open):
             # Finished (aborted) before its last chunk ran: tell decode to stop waiting.
-            self._closing[req_id] = self._sender.abort(self._open.pop(req_id),
-                                                       "request aborted on prefill")
+            transfer_id = self._open.pop(req_id)
+            self._transfer_of[req_id] = transfer_id
+            self._closing[req_id] = self._sender.abort(transfer_id, "request aborted on prefill")
         done = {r for r in self._finished_seen & set(self._closing) if self._closing[r].done()}
         for req_id in done:
-            ok = self._closing.pop(req_id).result()
-            self.events.emit("transfer_sent", req_id=req_id, ok=bool(ok))
+            self._closing.pop(req_id).result()
+            self._report(req_id, self._transfer_of.pop(req_id))
         self._finished_seen -= done
         return (done or None), None
+
+    def _report(self, req_id: str, transfer_id: str) -> None:
+        """Log what the transfer cost: bytes raw and on the wire, and how much of the time
+        spent writing overlapped the forward pass."""
+        assert self._sender is not None
+        report = self._sender.reports.pop(transfer_id, None)
+        forward_done = self._forward_done.pop(transfer_id, None)
+        if report is None:
+            return
+        seconds = (report.last_write - report.first_write
+                   if report.first_write is not None and report.last_write is not None else 0.0)
+        self.events.emit(
+            "transfer_sent", req_id=req_id, transfer_id=transfer_id, ok=report.ok,
+            codec=self.config.codec, frames=report.frames, raw_bytes=report.raw_bytes,
+            wire_bytes=report.wire_bytes, ratio=round(report.ratio, 4),
+            transfer_s=round(seconds, 6),
+            overlap=round(report.overlap(forward_done), 4) if forward_done else None)
 
     def shutdown(self) -> None:
         if self._sender is not None:

@@ -42,6 +42,7 @@ log = logging.getLogger("prfaas.transfer.sender")
 
 Address = tuple[str, int]
 _SHAPED_CHUNK = 256 << 10  # pacing granularity on a shaped link
+_MAX_REPORTS = 4096
 
 
 def parse_address(address: str) -> Address:
@@ -70,6 +71,36 @@ class _Transfer:
     peer: Address
     frames: list[Future] = field(default_factory=list)
     failed: str | None = None
+    raw_bytes: int = 0
+    wire_bytes: int = 0
+    first_write: float | None = None  # wall clock, comparable across processes
+    last_write: float | None = None
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What one finished transfer cost on the wire."""
+
+    transfer_id: str
+    ok: bool
+    frames: int
+    raw_bytes: int
+    wire_bytes: int
+    first_write: float | None
+    last_write: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.wire_bytes if self.wire_bytes else 1.0
+
+    def overlap(self, compute_done_at: float) -> float:
+        """Fraction of the time spent writing that ran before ``compute_done_at``."""
+        if self.first_write is None or self.last_write is None:
+            return 0.0
+        span = self.last_write - self.first_write
+        if span <= 0:
+            return 1.0 if self.last_write <= compute_done_at else 0.0
+        return min(max((compute_done_at - self.first_write) / span, 0.0), 1.0)
 
 
 class _Peer:
@@ -103,7 +134,9 @@ class _Peer:
             try:
                 if sock is None:
                     sock = sender.connect(self.address)
+                started = time.time()
                 sender.write(sock, item.queued_at, header, payload)
+                sender.note_written(item, started, len(header) + len(payload))
                 item.done.set_result(True)
             except OSError as exc:
                 log.warning("KV send to %s:%s failed: %s", *self.address, exc)
@@ -138,6 +171,7 @@ class KVSender:
         self._secret = secret
         self._peers: dict[Address, _Peer] = {}
         self._transfers: dict[str, _Transfer] = {}
+        self.reports: dict[str, TransferReport] = {}  # finished transfers; pop when read
         self._lock = threading.Lock()
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prfaas-kv-close")
 
@@ -178,6 +212,17 @@ class KVSender:
                 thread.join(timeout=10)
 
     # ---- used by the connection threads ------------------------------------------------
+
+    def note_written(self, item: _Item, started: float, wire_bytes: int) -> None:
+        transfer = self._transfers.get(item.transfer_id)
+        if transfer is None or item.blocks is None:
+            return
+        with self._lock:
+            transfer.raw_bytes += item.blocks.numel() * item.blocks.element_size()
+            transfer.wire_bytes += wire_bytes
+            if transfer.first_write is None:
+                transfer.first_write = started
+            transfer.last_write = time.time()
 
     def failure(self, transfer_id: str) -> str | None:
         transfer = self._transfers.get(transfer_id)
@@ -273,6 +318,12 @@ class KVSender:
         finally:
             with self._lock:
                 self._transfers.pop(transfer_id, None)
+        ok = delivered and kind is FrameKind.END
+        if len(self.reports) >= _MAX_REPORTS:  # nobody is reading them: keep the newest
+            self.reports.pop(next(iter(self.reports)))
+        self.reports[transfer_id] = TransferReport(
+            transfer_id, ok, len(transfer.frames), transfer.raw_bytes, transfer.wire_bytes,
+            transfer.first_write, transfer.last_write)
         if abort_reason is not None:
             return delivered  # the ABORT itself went out
-        return delivered and kind is FrameKind.END
+        return ok

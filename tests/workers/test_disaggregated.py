@@ -89,6 +89,14 @@ def test_layers_stream_while_prefill_computes(workers):
     early = [f for f in frames if f["received_at"] < forward_done_at]
     assert first_layer0 < forward_done_at, "layer 0 arrived only after the forward pass"
     assert {f["layer"] for f in early} >= {0, 1}, "frames were not streamed per layer"
+    deadline = time.monotonic() + 10
+    while not prefill.events("transfer_sent", transfer_id=tid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (sent,) = prefill.events("transfer_sent", transfer_id=tid)
+    assert sent["ok"] and sent["codec"] == "raw" and sent["frames"] == 30
+    assert sent["raw_bytes"] == sum(f["raw_bytes"] for f in frames)
+    assert sent["wire_bytes"] > sent["raw_bytes"]  # raw payload plus frame headers
+    assert sent["overlap"] > 0, "no transfer time overlapped the forward pass"
 
 
 def _send_raw(port: int, secret: bytes, frames: list[bytes]) -> None:

@@ -14,7 +14,7 @@ Columns: ratio = raw bytes / payload bytes; encode and decode GB/s of raw bytes 
 figures, since each sender connection thread encodes on its own); max abs error; mean relative
 error = mean |x' - x| / mean |x| over all elements; rel L2 = ||x' - x|| / ||x||.
 
-Usage: ``python benchmarks/codecs.py [--kv-file layers.pt] [--tokens 4096]
+Usage: ``python benchmarks/kv_codecs.py [--kv-file layers.pt] [--tokens 4096]
 [--dtype float32|bfloat16|float16] [--codecs raw,lossless,...] [--repeats 3] [--threads 1]``.
 """
 
