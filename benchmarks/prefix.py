@@ -3,7 +3,9 @@
 Stack: 2 prefill workers + 1 decode worker + the gateway, real vLLM processes on 127.0.0.1.
 Each worker's KV cache is capped at ``--worker-blocks`` blocks (vLLM's
 ``--num-gpu-blocks-override``), so one worker cannot hold every system prompt but the pool
-can: that is where routing decides the hit rate. Workload: 8 system prompts of ~1024 tokens,
+can: that is where routing decides the hit rate. The prefill host tier is off by default
+(``--host-tier-gb 0``) so that routing alone is measured; with it on, round robin also finds
+most prompts in RAM. Workload: 8 system prompts of ~1024 tokens,
 short user turns, requests sent one at a time in a fixed shuffled order; every request is
 prefilled remotely (threshold 0) so the prefill pool's routing is what is measured.
 
@@ -79,12 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--worker-blocks", type=int, default=48)
+    parser.add_argument("--host-tier-gb", type=float, default=0.0,
+                        help="prefill host tier (0: measure routing alone)")
     args = parser.parse_args()
     prepare_model()
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # enables POST /reset_prefix_cache
     secret = secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="prfaas-prefix-bench-"))
-    common = dict(transfer_secret=secret, kv_cache_space_gb=1,
+    common = dict(transfer_secret=secret, kv_cache_space_gb=1, host_tier_gb=args.host_tier_gb,
                   extra_vllm_args=["--num-gpu-blocks-override", str(args.worker_blocks)])
     prefills = [WorkerSettings(port=free_port(), cpu_threads_bind="0",
                                kv_events_endpoint=f"ipc://{workdir}/p{i}.kv", **common)
@@ -136,7 +140,8 @@ def main() -> None:
             server.stop()
     baseline = statistics.median(results["round_robin"])
     print(f"TTFT over {args.requests} requests, 8 system prompts (~1024 tokens), 2 prefill + "
-          f"1 decode, {args.worker_blocks} KV blocks per worker")
+          f"1 decode, {args.worker_blocks} KV blocks per worker, host tier "
+          f"{args.host_tier_gb} GiB")
     print(f"{'config':<12} {'p50 ms':>8} {'p90 ms':>8} {'p50 vs round_robin':>20}")
     for config, times in results.items():
         p50, p90 = statistics.median(times), percentile(times, 0.9)

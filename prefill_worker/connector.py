@@ -10,6 +10,10 @@ prompt over several steps; blocks from vLLM's own prefix cache go out with the f
 Worker side (model process): ``save_kv_layer`` copies the request's blocks of the layer just
 computed and queues them on the ``KVSender`` without waiting, so layer l is on the wire while
 layer l+1 computes; ``wait_for_save`` closes each transfer whose last chunk ran this step.
+
+Host tier (``host_tier_bytes`` > 0): every full prompt block the worker finishes is also kept
+in RAM (``prefill_worker.host_tier``); blocks vLLM's own cache has lost but the tier holds are
+reported as external hits and installed in ``start_load_kv`` before the forward pass.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from prefill_worker.host_tier import BlockRun, HostTier, TierDelta, TierDirectory
 from prfaas.connector_config import ConnectorConfig, transfer_secret
 from prfaas.events import EventLog
 from transfer.blocks import gather_blocks
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 log = logging.getLogger("prfaas.prefill.connector")
@@ -64,6 +70,8 @@ class ChunkToSend:
 @dataclass
 class ProducerMetadata(KVConnectorMetadata):
     chunks: list[ChunkToSend] = field(default_factory=list)
+    host_loads: list[BlockRun] = field(default_factory=list)  # tier hits to install first
+    host_stores: list[BlockRun] = field(default_factory=list)  # blocks finished this step
 
 
 @dataclass
@@ -74,6 +82,14 @@ class _Prefilling:
     num_prompt_tokens: int
     block_ids: list[int] = field(default_factory=list)
     sent_tokens: int = 0  # KV of tokens [0, sent_tokens) is already queued
+
+
+@dataclass
+class _Tracked:
+    """Scheduler-side record of a request whose finished blocks go to the host tier."""
+
+    request: Request
+    block_ids: list[int] = field(default_factory=list)
 
 
 class PrfaasProducerConnector(KVConnectorBase_V1):
@@ -87,6 +103,11 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         # scheduler side
         self._prefilling: dict[str, _Prefilling] = {}
         self._streaming_started: set[str] = set()
+        self._directory = (TierDirectory(self.block_size)
+                           if self.config.host_tier_bytes > 0 else None)
+        self._tracked: dict[str, _Tracked] = {}
+        self._planned_hits: dict[str, tuple[int, int]] = {}  # req -> (first block, count)
+        self._host_loads: list[BlockRun] = []
         # worker side
         self._sender: KVSender | None = None
         self._layer_index: dict[str, int] = {}
@@ -95,6 +116,11 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._transfer_of: dict[str, str] = {}  # req_id -> transfer id being closed
         self._forward_done: dict[str, float] = {}  # transfer id -> when its last chunk ran
         self._finished_seen: set[str] = set()
+        self._caches: list[torch.Tensor] = []
+        self._tier: HostTier | None = None
+        self._load_errors: set[int] = set()
+        if role is KVConnectorRole.WORKER and self.config.host_tier_bytes > 0:
+            self._tier = HostTier(self.config.host_tier_bytes)
         if role is KVConnectorRole.WORKER:
             shaper = None
             if self.config.link_gbps > 0 or self.config.link_latency_ms > 0:
@@ -109,10 +135,24 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int
                                    ) -> tuple[int, bool]:
-        return 0, False
+        """Blocks after vLLM's own hits that the host tier holds, loaded synchronously."""
+        if self._directory is None:
+            return 0, False
+        count = self._directory.loadable_blocks(request.block_hashes, num_computed_tokens,
+                                                request.num_prompt_tokens)
+        self._planned_hits[request.request_id] = (num_computed_tokens // self.block_size, count)
+        return count * self.block_size, False
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
                                  num_external_tokens: int) -> None:
+        planned = self._planned_hits.pop(request.request_id, None)
+        if self._directory is not None:
+            self._tracked.setdefault(request.request_id, _Tracked(request))
+            if num_external_tokens > 0 and planned is not None:
+                start, count = planned
+                block_ids = list(blocks.get_block_ids()[0][start:start + count])
+                self._host_loads.append(BlockRun(request.request_id, block_ids,
+                                                 list(request.block_hashes[start:start + count])))
         params = TransferParams.from_dict(request.kv_transfer_params)
         if params is None or request.request_id in self._prefilling:
             return
@@ -124,8 +164,11 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
             params, request.num_prompt_tokens, sent_tokens=first_token)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ProducerMetadata:
-        meta = ProducerMetadata()
+        meta = ProducerMetadata(host_loads=self._host_loads)
+        self._host_loads = []
         scheduled = scheduler_output.num_scheduled_tokens
+        if self._directory is not None:
+            self._plan_host_stores(meta, scheduler_output)
         for new_req in scheduler_output.scheduled_new_reqs:
             state = self._prefilling.get(new_req.req_id)
             if state is not None:
@@ -145,6 +188,47 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
             self._add_chunk(meta, req_id, state,
                             cached.num_computed_tokens[i] + scheduled.get(req_id, 0))
         return meta
+
+    def _plan_host_stores(self, meta: ProducerMetadata, scheduler_output: SchedulerOutput
+                          ) -> None:
+        """List the prompt blocks this step completes that the host tier lacks."""
+        assert self._directory is not None
+        scheduled = scheduler_output.num_scheduled_tokens
+        steps: list[tuple[str, int]] = []
+        for new_req in scheduler_output.scheduled_new_reqs:
+            tracked = self._tracked.get(new_req.req_id)
+            if tracked is not None:
+                tracked.block_ids = list(new_req.block_ids[0])
+                steps.append((new_req.req_id, new_req.num_computed_tokens))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            tracked = self._tracked.get(req_id)
+            if tracked is None:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids and new_blocks is not None:
+                tracked.block_ids = list(new_blocks[0])
+            elif new_blocks is not None:
+                tracked.block_ids.extend(new_blocks[0])
+            steps.append((req_id, cached.num_computed_tokens[i]))
+        for req_id, computed_before in steps:
+            tracked = self._tracked[req_id]
+            request = tracked.request
+            computed_after = min(computed_before + scheduled.get(req_id, 0),
+                                 request.num_prompt_tokens)
+            first, end = computed_before // self.block_size, computed_after // self.block_size
+            end = min(end, len(request.block_hashes), len(tracked.block_ids))
+            picks = [i for i in range(first, end)
+                     if request.block_hashes[i] not in self._directory.keys]
+            if picks:
+                meta.host_stores.append(BlockRun(
+                    req_id, [tracked.block_ids[i] for i in picks],
+                    [request.block_hashes[i] for i in picks]))
+
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        delta = connector_output.kv_connector_worker_meta
+        if self._directory is not None and isinstance(delta, TierDelta):
+            self._directory.apply(delta)
 
     def _add_chunk(self, meta: ProducerMetadata, req_id: str, state: _Prefilling,
                    computed_after_step: int) -> None:
@@ -170,6 +254,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
                          ) -> tuple[bool, dict[str, Any] | None]:
         req_id = request.request_id
         self._prefilling.pop(req_id, None)
+        self._tracked.pop(req_id, None)
+        self._planned_hits.pop(req_id, None)
         params = TransferParams.from_dict(request.kv_transfer_params)
         if params is None:
             return False, None
@@ -184,21 +270,40 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         self._layer_index = {name: i for i, name in enumerate(kv_caches)}
+        self._caches = list(kv_caches.values())
         first = next(iter(kv_caches.values()))
         log.info("prfaas producer: %d KV layers, layer cache shape %s %s",
                  len(kv_caches), tuple(first.shape), first.dtype)
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
-        return
+        """Install host-tier hits into their blocks before the forward pass reads them."""
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, ProducerMetadata)
+        if self._tier is None or not meta.host_loads:
+            return
+        for run in meta.host_loads:
+            failed = self._tier.load(self._caches, run)
+            self._load_errors |= failed
+            self.events.emit("host_tier_load", req_id=run.req_id, blocks=len(run.block_ids),
+                             failed=len(failed))
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return
+
+    def build_connector_worker_meta(self) -> TierDelta | None:
+        return self._tier.take_delta() if self._tier is not None else None
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
                       attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, ProducerMetadata) and self._sender is not None
         layer = self._layer_index[layer_name]
+        if self._tier is not None and meta.host_stores:
+            self._tier.collect(layer, kv_layer, meta.host_stores)
         for chunk in meta.chunks:
             if not chunk.block_ids:
                 continue
@@ -215,6 +320,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
             return
         meta = self._get_connector_metadata()
         assert isinstance(meta, ProducerMetadata) and self._sender is not None
+        if self._tier is not None and meta.host_stores:
+            self._tier.commit(meta.host_stores)
         for chunk in meta.chunks:
             self.events.emit("chunk_forward_done", transfer_id=chunk.transfer_id,
                              first_block=chunk.first_block, end_block=chunk.end_block,

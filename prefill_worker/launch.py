@@ -14,7 +14,8 @@ def connector_config(settings: WorkerSettings) -> ConnectorConfig:
                            connections_per_peer=settings.connections_per_peer,
                            transfer_timeout_s=settings.transfer_timeout_s,
                            event_log=settings.event_log, link_gbps=settings.link_gbps,
-                           link_latency_ms=settings.link_latency_ms)
+                           link_latency_ms=settings.link_latency_ms,
+                           host_tier_bytes=int(settings.host_tier_gb * (1 << 30)))
 
 
 def start_prefill(settings: WorkerSettings, name: str = "prefill",

@@ -26,6 +26,7 @@ class ConnectorConfig:
     event_log: str | None = None
     link_gbps: float = 0.0  # emulate a link of this rate (0 = unlimited)
     link_latency_ms: float = 0.0  # and this one-way latency
+    host_tier_bytes: int = 0  # prefill: RAM for the host prefix tier (0 = off)
 
     @classmethod
     def from_extra_config(cls, extra: dict[str, Any]) -> ConnectorConfig:

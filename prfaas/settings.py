@@ -30,6 +30,8 @@ class WorkerSettings(BaseSettings):
     connections_per_peer: int = Field(1, description="prefill: TCP connections per decode peer")
     link_gbps: float = Field(0.0, description="prefill: emulate a link of this Gbit/s (0 = off)")
     link_latency_ms: float = Field(0.0, description="prefill: emulated one-way link latency")
+    host_tier_gb: float = Field(
+        1.0, description="prefill: RAM for the host-memory prefix tier in GiB (0 = off)")
     dtype: str = Field(
         "float32", description="engine dtype; float32 on CPU (bf16 CPU kernels diverge)")
     max_model_len: int = Field(4096, description="context length")
