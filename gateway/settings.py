@@ -30,7 +30,7 @@ class GatewaySettings(BaseSettings):
         default_factory=list, description="each prefill worker's KV events endpoint, in order")
     decode_kv_events: UrlList = Field(
         default_factory=list, description="each decode worker's KV events endpoint, in order")
-    routing_policy: str = Field("prefix", description="prefix | round_robin | least_load")
+    routing_policy: str = Field("prefix", description="prefix, round_robin or least_load")
     remote_prefill_threshold: int = Field(
         256, description="uncached prompt tokens at or above which prefill runs remotely")
     load_bound: float = Field(1.25, description="no prefill worker above this x mean load")

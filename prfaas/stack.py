@@ -38,7 +38,7 @@ class StackSettings(BaseSettings):
     max_model_len: int = Field(4096, description="context length")
     transfer_secret: str = Field("", description="KV handshake secret (generated if empty)")
     remote_prefill_threshold: int = Field(256, description="see the gateway setting")
-    routing_policy: str = Field("prefix", description="prefix | round_robin | least_load")
+    routing_policy: str = Field("prefix", description="prefix, round_robin or least_load")
     log_dir: str = Field(str(REPO_ROOT / ".run"), description="worker logs and event logs")
 
 
