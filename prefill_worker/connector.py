@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,16 +81,31 @@ class _Prefilling:
 
     params: TransferParams
     num_prompt_tokens: int
-    block_ids: list[int] = field(default_factory=list)
     sent_tokens: int = 0  # KV of tokens [0, sent_tokens) is already queued
 
 
 @dataclass
 class _Tracked:
-    """Scheduler-side record of a request whose finished blocks go to the host tier."""
+    """Scheduler-side record of a running request: its vLLM block ids so far."""
 
     request: Request
     block_ids: list[int] = field(default_factory=list)
+
+
+def _scheduled_requests(scheduler_output: SchedulerOutput
+                        ) -> Iterator[tuple[str, list[int] | None, bool, int, int]]:
+    """Per scheduled request: (id, new block ids or None, whether they replace the old ones
+    (new or resumed request), tokens computed before this step, tokens scheduled in it)."""
+    scheduled = scheduler_output.num_scheduled_tokens
+    for new_req in scheduler_output.scheduled_new_reqs:
+        yield (new_req.req_id, list(new_req.block_ids[0]), True, new_req.num_computed_tokens,
+               scheduled[new_req.req_id])
+    cached = scheduler_output.scheduled_cached_reqs
+    for i, req_id in enumerate(cached.req_ids):
+        new_blocks = cached.new_block_ids[i]
+        yield (req_id, list(new_blocks[0]) if new_blocks is not None else None,
+               req_id in cached.resumed_req_ids, cached.num_computed_tokens[i],
+               scheduled.get(req_id, 0))
 
 
 class PrfaasProducerConnector(KVConnectorBase_V1):
@@ -146,8 +162,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
                                  num_external_tokens: int) -> None:
         planned = self._planned_hits.pop(request.request_id, None)
+        self._tracked.setdefault(request.request_id, _Tracked(request))
         if self._directory is not None:
-            self._tracked.setdefault(request.request_id, _Tracked(request))
             if num_external_tokens > 0 and planned is not None:
                 start, count = planned
                 block_ids = list(blocks.get_block_ids()[0][start:start + count])
@@ -166,64 +182,33 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ProducerMetadata:
         meta = ProducerMetadata(host_loads=self._host_loads)
         self._host_loads = []
-        scheduled = scheduler_output.num_scheduled_tokens
-        if self._directory is not None:
-            self._plan_host_stores(meta, scheduler_output)
-        for new_req in scheduler_output.scheduled_new_reqs:
-            state = self._prefilling.get(new_req.req_id)
-            if state is not None:
-                state.block_ids = list(new_req.block_ids[0])
-                self._add_chunk(meta, new_req.req_id, state,
-                                new_req.num_computed_tokens + scheduled[new_req.req_id])
-        cached = scheduler_output.scheduled_cached_reqs
-        for i, req_id in enumerate(cached.req_ids):
-            state = self._prefilling.get(req_id)
-            if state is None:
-                continue
-            new_blocks = cached.new_block_ids[i]
-            if req_id in cached.resumed_req_ids and new_blocks is not None:
-                state.block_ids = list(new_blocks[0])
-            elif new_blocks is not None:
-                state.block_ids.extend(new_blocks[0])
-            self._add_chunk(meta, req_id, state,
-                            cached.num_computed_tokens[i] + scheduled.get(req_id, 0))
-        return meta
-
-    def _plan_host_stores(self, meta: ProducerMetadata, scheduler_output: SchedulerOutput
-                          ) -> None:
-        """List the prompt blocks this step completes that the host tier lacks."""
-        assert self._directory is not None
-        scheduled = scheduler_output.num_scheduled_tokens
-        steps: list[tuple[str, int]] = []
-        for new_req in scheduler_output.scheduled_new_reqs:
-            tracked = self._tracked.get(new_req.req_id)
-            if tracked is not None:
-                tracked.block_ids = list(new_req.block_ids[0])
-                steps.append((new_req.req_id, new_req.num_computed_tokens))
-        cached = scheduler_output.scheduled_cached_reqs
-        for i, req_id in enumerate(cached.req_ids):
+        for req_id, new_ids, replace, before, count in _scheduled_requests(scheduler_output):
             tracked = self._tracked.get(req_id)
             if tracked is None:
                 continue
-            new_blocks = cached.new_block_ids[i]
-            if req_id in cached.resumed_req_ids and new_blocks is not None:
-                tracked.block_ids = list(new_blocks[0])
-            elif new_blocks is not None:
-                tracked.block_ids.extend(new_blocks[0])
-            steps.append((req_id, cached.num_computed_tokens[i]))
-        for req_id, computed_before in steps:
-            tracked = self._tracked[req_id]
-            request = tracked.request
-            computed_after = min(computed_before + scheduled.get(req_id, 0),
-                                 request.num_prompt_tokens)
-            first, end = computed_before // self.block_size, computed_after // self.block_size
-            end = min(end, len(request.block_hashes), len(tracked.block_ids))
-            picks = [i for i in range(first, end)
-                     if request.block_hashes[i] not in self._directory.keys]
-            if picks:
-                meta.host_stores.append(BlockRun(
-                    req_id, [tracked.block_ids[i] for i in picks],
-                    [request.block_hashes[i] for i in picks]))
+            if new_ids is not None:
+                tracked.block_ids = new_ids if replace else tracked.block_ids + new_ids
+            if self._directory is not None:
+                self._plan_host_store(meta, tracked, before, before + count)
+            state = self._prefilling.get(req_id)
+            if state is not None:
+                self._add_chunk(meta, req_id, state, tracked.block_ids, before + count)
+        return meta
+
+    def _plan_host_store(self, meta: ProducerMetadata, tracked: _Tracked, computed_before: int,
+                         computed_after: int) -> None:
+        """Queue the prompt blocks this step completes that the host tier lacks."""
+        assert self._directory is not None
+        request = tracked.request
+        first = computed_before // self.block_size
+        end = min(computed_after, request.num_prompt_tokens) // self.block_size
+        end = min(end, len(request.block_hashes), len(tracked.block_ids))
+        picks = [i for i in range(first, end)
+                 if request.block_hashes[i] not in self._directory.keys]
+        if picks:
+            meta.host_stores.append(BlockRun(
+                request.request_id, [tracked.block_ids[i] for i in picks],
+                [request.block_hashes[i] for i in picks]))
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         delta = connector_output.kv_connector_worker_meta
@@ -231,7 +216,7 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
             self._directory.apply(delta)
 
     def _add_chunk(self, meta: ProducerMetadata, req_id: str, state: _Prefilling,
-                   computed_after_step: int) -> None:
+                   block_ids: list[int], computed_after_step: int) -> None:
         end_tokens = min(computed_after_step, state.num_prompt_tokens)
         if end_tokens <= state.sent_tokens:
             return
@@ -240,7 +225,7 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         is_last = end_tokens >= state.num_prompt_tokens
         meta.chunks.append(ChunkToSend(
             req_id, state.params.transfer_id, state.params.decode_address,
-            state.block_ids[first_block:end_block], first_block, end_block,
+            block_ids[first_block:end_block], first_block, end_block,
             state.num_prompt_tokens, is_last,
         ))
         self._streaming_started.add(req_id)

@@ -4,18 +4,16 @@ payloads rejected with ValueError, and every codec through a real KVSender -> KV
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
+from transfer_helpers import SECRET, wait_state
 
 from transfer.codecs import CODECS, CODECS_BY_ID, RawCodec, get_codec
 from transfer.frames import new_transfer_id
-from transfer.receiver import KVReceiver
 from transfer.sender import KVSender
-from transfer.staging import StagingStore, TransferState
+from transfer.staging import TransferState
 
-SECRET = b"codec-test-secret"
 FLOATS = [torch.float32, torch.bfloat16, torch.float16]
 LOSSLESS = ["lossless", "lossless-lz4"]
 LOSSY = ["fp8", "int8"]
@@ -273,24 +271,8 @@ def test_decode_from_a_slice_of_a_larger_receive_buffer(name):
 
 # ---- through the real sender and receiver ----------------------------------------------------
 
-@pytest.fixture
-def receiver(port):
-    store = StagingStore(budget_bytes=1 << 30, ttl_s=60)
-    server = KVReceiver("127.0.0.1", port, SECRET, store)
-    server.start()
-    yield server
-    server.stop()
 
 
-def wait_state(store: StagingStore, transfer_id: str, want: TransferState,
-               timeout: float = 10.0) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state, error = store.state(transfer_id)
-        if state is want:
-            return error
-        time.sleep(0.01)
-    raise AssertionError(f"{transfer_id} is {store.state(transfer_id)}, wanted {want}")
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))

@@ -1,37 +1,15 @@
 """Sender and receiver over real sockets on 127.0.0.1: round trips, auth, corruption, drops."""
 
 import socket
-import time
 
 import pytest
 import torch
+from transfer_helpers import SECRET, wait_state
 
 from transfer.auth import client_handshake
 from transfer.frames import FrameHeader, FrameKind, new_transfer_id, payload_checksum
-from transfer.receiver import KVReceiver
 from transfer.sender import KVSender
-from transfer.staging import StagingStore, TransferState
-
-SECRET = b"test-secret"
-
-
-@pytest.fixture
-def receiver(port):
-    store = StagingStore(budget_bytes=1 << 30, ttl_s=60)
-    server = KVReceiver("127.0.0.1", port, SECRET, store)
-    server.start()
-    yield server
-    server.stop()
-
-
-def wait_state(store: StagingStore, transfer_id: str, want: TransferState, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state, error = store.state(transfer_id)
-        if state is want:
-            return error
-        time.sleep(0.01)
-    raise AssertionError(f"{transfer_id} is {store.state(transfer_id)}, wanted {want}")
+from transfer.staging import TransferState
 
 
 @pytest.mark.parametrize("connections", [1, 3])
