@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorWorkerMetadata
 
-from router.eviction import S3FifoCache
+from prefill_worker.eviction import S3FifoCache
 from transfer.blocks import gather_blocks
 
 

@@ -10,7 +10,7 @@ The model, stated once:
   equality semantics, and it is ~9x faster. A Mooncake trace's ``hash_ids`` are used as they
   are, one id per block of 512 tokens.
 - **Worker cache.** Each worker holds at most ``cache_blocks`` blocks, LRU by default (vLLM's
-  free-block queue), or S3-FIFO (``router.eviction``). A request hits the contiguous run of
+  free-block queue), or S3-FIFO (``prefill_worker.eviction``). A request hits the contiguous run of
   its leading blocks that the chosen worker holds (vLLM's prefix semantics); its blocks are
   then admitted tail first, so a prompt's head is the most recent. Caches change when a
   request is assigned: each worker serves FIFO, so a queued request finds its predecessors'
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from router.eviction import LRUCache, S3FifoCache
+from prefill_worker.eviction import LRUCache, S3FifoCache
 from router.rendezvous import choose_bounded, ranked
 
 MOONCAKE_BLOCK_TOKENS = 512

@@ -18,7 +18,7 @@ never touches what main holds.
 The paper's algorithm listing promotes at ``freq > 1``; its text (and ``promote_at=1``, the
 default here) promotes entries hit at least once while in small.
 
-Invariants (checked in ``tests/router/test_eviction.py``), for both caches:
+Invariants (checked in ``tests/prefill_worker/test_eviction.py``), for both caches:
 
 - ``used_bytes <= capacity_bytes`` after every operation; an item larger than the whole budget
   is rejected (``put`` returns ``[]``, the cache is unchanged, ``rejections`` counts it);

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from router.eviction import LRUCache, S3FifoCache
+from prefill_worker.eviction import LRUCache, S3FifoCache
 
 CACHES = [S3FifoCache, LRUCache]
 
