@@ -32,6 +32,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from prefill_worker.host_tier import BlockRun, HostTier, TierDelta, TierDirectory
+from prefill_worker.metrics import ProducerPromMetrics, ProducerStats
 from prfaas.connector_config import ConnectorConfig, transfer_secret
 from prfaas.events import EventLog
 from transfer.blocks import gather_blocks
@@ -135,6 +136,7 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._caches: list[torch.Tensor] = []
         self._tier: HostTier | None = None
         self._load_errors: set[int] = set()
+        self._stats = ProducerStats()
         if role is KVConnectorRole.WORKER and self.config.host_tier_bytes > 0:
             self._tier = HostTier(self.config.host_tier_bytes)
         if role is KVConnectorRole.WORKER:
@@ -269,6 +271,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         for run in meta.host_loads:
             failed = self._tier.load(self._caches, run)
             self._load_errors |= failed
+            self._stats.add("host_tier_hit_blocks", len(run.block_ids) - len(failed))
+            self._stats.add("host_tier_lost_blocks", len(failed))
             self.events.emit("host_tier_load", req_id=run.req_id, blocks=len(run.block_ids),
                              failed=len(failed))
 
@@ -280,7 +284,31 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         return
 
     def build_connector_worker_meta(self) -> TierDelta | None:
-        return self._tier.take_delta() if self._tier is not None else None
+        if self._tier is None:
+            return None
+        delta = self._tier.take_delta()
+        if delta is not None:
+            self._stats.add("host_tier_stored_blocks", len(delta.stored))
+            self._stats.add("host_tier_evicted_blocks", len(delta.evicted))
+        return delta
+
+    def get_kv_connector_stats(self) -> ProducerStats | None:
+        if self._stats.is_empty():
+            return None
+        stats, self._stats = self._stats, ProducerStats()
+        return stats
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> ProducerStats:
+        return ProducerStats(data=data) if data is not None else ProducerStats()
+
+    @classmethod
+    def build_prom_metrics(cls, vllm_config: VllmConfig, metric_types: dict,
+                           labelnames: list[str],
+                           per_engine_labelvalues: dict[int, list[object]]
+                           ) -> ProducerPromMetrics:
+        return ProducerPromMetrics(vllm_config, metric_types, labelnames,
+                                   per_engine_labelvalues)
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
                       attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
@@ -341,6 +369,9 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         forward_done = self._forward_done.pop(transfer_id, None)
         if report is None:
             return
+        self._stats.add("kv_transfers", 1)
+        self._stats.add("kv_raw_bytes", report.raw_bytes)
+        self._stats.add("kv_wire_bytes", report.wire_bytes)
         seconds = (report.last_write - report.first_write
                    if report.first_write is not None and report.last_write is not None else 0.0)
         self.events.emit(

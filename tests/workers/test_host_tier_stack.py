@@ -51,3 +51,10 @@ def test_evicted_prefix_is_served_from_the_host_tier(workers):
     assert external == loads[0]["blocks"] * 128  # vLLM counted exactly the blocks we loaded
     # Every full block but the one holding the last token came from vLLM's cache or ours.
     assert local + external == (len(hot) - 1) // 128 * 128
+    # The connector's own counters reach the worker's /metrics.
+    hits = metric(prefill.url, "prfaas:host_tier_hit_blocks_total")
+    assert hits == sum(e["blocks"] - e["failed"] for e in prefill.events("host_tier_load"))
+    assert metric(prefill.url, "prfaas:host_tier_stored_blocks_total") >= 5 * 9
+    sent = prefill.events("transfer_sent")
+    assert metric(prefill.url, "prfaas:kv_transfers_total") == len(sent)
+    assert metric(prefill.url, "prfaas:kv_wire_bytes_total") == sum(e["wire_bytes"] for e in sent)
