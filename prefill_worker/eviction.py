@@ -58,27 +58,14 @@ def _check_size(nbytes: int) -> None:
         raise ValueError(f"an entry's size must be >= 0 bytes, got {nbytes}")
 
 
-class S3FifoCache:
-    """S3-FIFO over ``capacity_bytes``; see the module docstring for the rules and invariants."""
+class _BudgetedCache:
+    """What both caches share: the byte budget, the lock, the counters and membership."""
 
-    def __init__(self, capacity_bytes: int, small_fraction: float = DEFAULT_SMALL_FRACTION,
-                 promote_at: int = 1) -> None:
+    def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes must be > 0, got {capacity_bytes}")
-        if not 0.0 < small_fraction < 1.0:
-            raise ValueError(f"small_fraction must be in (0, 1), got {small_fraction}")
-        if not 1 <= promote_at <= MAX_FREQ:
-            raise ValueError(f"promote_at must be in 1..{MAX_FREQ}, got {promote_at}")
         self.capacity_bytes = capacity_bytes
-        self.small_target = max(1, int(capacity_bytes * small_fraction))
-        self.ghost_capacity = capacity_bytes - self.small_target
-        self.promote_at = promote_at
-        self._entries: dict[Hashable, _Entry] = {}
-        self._small: OrderedDict[Hashable, None] = OrderedDict()
-        self._main: OrderedDict[Hashable, None] = OrderedDict()
-        self._ghost: OrderedDict[Hashable, int] = OrderedDict()  # key -> bytes it is charged
-        self._small_bytes = 0
-        self._ghost_bytes = 0
+        self._entries: dict[Hashable, Any] = {}
         self._used = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -98,6 +85,27 @@ class S3FifoCache:
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._entries
+
+
+class S3FifoCache(_BudgetedCache):
+    """S3-FIFO over ``capacity_bytes``; see the module docstring for the rules and invariants."""
+
+    def __init__(self, capacity_bytes: int, small_fraction: float = DEFAULT_SMALL_FRACTION,
+                 promote_at: int = 1) -> None:
+        super().__init__(capacity_bytes)
+        if not 0.0 < small_fraction < 1.0:
+            raise ValueError(f"small_fraction must be in (0, 1), got {small_fraction}")
+        if not 1 <= promote_at <= MAX_FREQ:
+            raise ValueError(f"promote_at must be in 1..{MAX_FREQ}, got {promote_at}")
+        self.small_target = max(1, int(capacity_bytes * small_fraction))
+        self.ghost_capacity = capacity_bytes - self.small_target
+        self.promote_at = promote_at
+        self._entries: dict[Hashable, _Entry] = {}
+        self._small: OrderedDict[Hashable, None] = OrderedDict()
+        self._main: OrderedDict[Hashable, None] = OrderedDict()
+        self._ghost: OrderedDict[Hashable, int] = OrderedDict()  # key -> bytes it is charged
+        self._small_bytes = 0
+        self._ghost_bytes = 0
 
     def get(self, key: Hashable) -> Any | None:
         """The value for ``key`` (a hit: its frequency goes up, capped at 3), or None."""
@@ -187,34 +195,13 @@ class S3FifoCache:
         evicted.append(key)
 
 
-class LRUCache:
+class LRUCache(_BudgetedCache):
     """Least-recently-used over ``capacity_bytes``: same API, counters and invariants as
     ``S3FifoCache``; a ``get`` hit or a ``put`` makes the key the most recent."""
 
     def __init__(self, capacity_bytes: int) -> None:
-        if capacity_bytes <= 0:
-            raise ValueError(f"capacity_bytes must be > 0, got {capacity_bytes}")
-        self.capacity_bytes = capacity_bytes
+        super().__init__(capacity_bytes)
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._used = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.insertions = 0
-        self.evictions = 0
-        self.rejections = 0
-
-    @property
-    def used_bytes(self) -> int:
-        return self._used
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._entries
 
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
