@@ -129,8 +129,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._sender: KVSender | None = None
         self._layer_index: dict[str, int] = {}
         self._open: dict[str, str] = {}  # req_id -> transfer id still receiving layers
-        self._closing: dict[str, Future] = {}  # req_id -> END/ABORT send in flight
-        self._transfer_of: dict[str, str] = {}  # req_id -> transfer id being closed
+        # req_id -> (transfer id, its END/ABORT send in flight)
+        self._closing: dict[str, tuple[str, Future]] = {}
         self._forward_done: dict[str, float] = {}  # transfer id -> when its last chunk ran
         self._finished_seen: set[str] = set()
         self._caches: list[torch.Tensor] = []
@@ -342,9 +342,8 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
             if chunk.is_last:
                 self._open.pop(chunk.req_id, None)
                 self._forward_done[chunk.transfer_id] = time.time()
-                self._transfer_of[chunk.req_id] = chunk.transfer_id
-                self._closing[chunk.req_id] = self._sender.finish(
-                    chunk.transfer_id, {"num_tokens": chunk.num_prompt_tokens})
+                self._closing[chunk.req_id] = (chunk.transfer_id, self._sender.finish(
+                    chunk.transfer_id, {"num_tokens": chunk.num_prompt_tokens}))
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
         assert self._sender is not None
@@ -352,12 +351,13 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         for req_id in finished_req_ids & set(self._open):
             # Finished (aborted) before its last chunk ran: tell decode to stop waiting.
             transfer_id = self._open.pop(req_id)
-            self._transfer_of[req_id] = transfer_id
-            self._closing[req_id] = self._sender.abort(transfer_id, "request aborted on prefill")
-        done = {r for r in self._finished_seen & set(self._closing) if self._closing[r].done()}
+            self._closing[req_id] = (transfer_id, self._sender.abort(
+                transfer_id, "request aborted on prefill"))
+        done = {r for r in self._finished_seen & set(self._closing) if self._closing[r][1].done()}
         for req_id in done:
-            self._closing.pop(req_id).result()
-            self._report(req_id, self._transfer_of.pop(req_id))
+            transfer_id, closed = self._closing.pop(req_id)
+            closed.result()
+            self._report(req_id, transfer_id)
         self._finished_seen -= done
         return (done or None), None
 
@@ -372,13 +372,11 @@ class PrfaasProducerConnector(KVConnectorBase_V1):
         self._stats.add("kv_transfers", 1)
         self._stats.add("kv_raw_bytes", report.raw_bytes)
         self._stats.add("kv_wire_bytes", report.wire_bytes)
-        seconds = (report.last_write - report.first_write
-                   if report.first_write is not None and report.last_write is not None else 0.0)
         self.events.emit(
             "transfer_sent", req_id=req_id, transfer_id=transfer_id, ok=report.ok,
             codec=self.config.codec, frames=report.frames, raw_bytes=report.raw_bytes,
             wire_bytes=report.wire_bytes, ratio=round(report.ratio, 4),
-            transfer_s=round(seconds, 6),
+            transfer_s=round(report.seconds, 6),
             overlap=round(report.overlap(forward_done), 4) if forward_done else None)
 
     def shutdown(self) -> None:

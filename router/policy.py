@@ -131,15 +131,16 @@ class Router:
     def route(self, token_ids: list[int]) -> RouteDecision:
         hashes = block_hashes(token_ids, self.config.block_size)
         keys = [event_key(h) for h in hashes]
+        key = self.prefix_key(token_ids, hashes)
         decode, decode_blocks = self.choose_decode(keys)
         uncached = len(token_ids) - decode_blocks * self.config.block_size
         prefill, prefill_blocks = None, 0
         if uncached >= self.config.remote_prefill_threshold:
-            prefill, prefill_blocks = self.choose_prefill(keys, self.prefix_key(token_ids, hashes))
+            prefill, prefill_blocks = self.choose_prefill(keys, key)
         if prefill is not None:
             self.index.note_routed(prefill.name, keys)
         self.index.note_routed(decode.name, keys)
         decision = RouteDecision(decode, prefill, len(token_ids), uncached, decode_blocks,
-                                 prefill_blocks, self.prefix_key(token_ids, hashes).hex())
+                                 prefill_blocks, key.hex())
         log.info("route: %s", decision.explain())
         return decision

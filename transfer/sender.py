@@ -90,6 +90,13 @@ class TransferReport:
     last_write: float | None
 
     @property
+    def seconds(self) -> float:
+        """Time from the first write starting to the last one ending."""
+        if self.first_write is None or self.last_write is None:
+            return 0.0
+        return self.last_write - self.first_write
+
+    @property
     def ratio(self) -> float:
         return self.raw_bytes / self.wire_bytes if self.wire_bytes else 1.0
 
@@ -97,10 +104,9 @@ class TransferReport:
         """Fraction of the time spent writing that ran before ``compute_done_at``."""
         if self.first_write is None or self.last_write is None:
             return 0.0
-        span = self.last_write - self.first_write
-        if span <= 0:
+        if self.seconds <= 0:
             return 1.0 if self.last_write <= compute_done_at else 0.0
-        return min(max((compute_done_at - self.first_write) / span, 0.0), 1.0)
+        return min(max((compute_done_at - self.first_write) / self.seconds, 0.0), 1.0)
 
 
 class _Peer:
