@@ -192,16 +192,22 @@ def event_subscribers(settings: GatewaySettings, pools: Pools, index: PrefixInde
     return subscribers
 
 
+def _api_error(exc: UpstreamError, code: str) -> APIError:
+    """The client's error for a worker failure: a rejection passes through as the client's
+    own mistake; anything else is a server error with ``code``."""
+    if isinstance(exc, UpstreamRejected):
+        return APIError(exc.status, str(exc), "invalid_request_error")
+    return APIError(exc.status, str(exc), "server_error", code)
+
+
 async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
     """Pull the first chunk before answering, so early failures become proper HTTP errors."""
     try:
         return await anext(chunks)
     except StopAsyncIteration:
         return None
-    except UpstreamRejected as exc:
-        raise APIError(exc.status, str(exc), "invalid_request_error") from exc
     except UpstreamError as exc:
-        raise APIError(exc.status, str(exc), "server_error", "upstream_unavailable") from exc
+        raise _api_error(exc, "upstream_unavailable") from exc
 
 
 def _choice_delta(chunk: dict[str, Any], chat: bool) -> list[dict[str, Any]]:
@@ -245,9 +251,7 @@ async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any
             if choices:
                 yield frame(choices)
     except UpstreamError as exc:
-        error = {"error": {"message": str(exc), "type": "server_error", "param": None,
-                           "code": "upstream_failed"}}
-        yield f"data: {json.dumps(error)}\n\n"
+        yield f"data: {json.dumps(error_body(str(exc), 'server_error', 'upstream_failed'))}\n\n"
         return
     if include_usage:
         cached = generation.cached_tokens(reported_cached_tokens(usage))
@@ -275,10 +279,8 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], response_id: str, chat
             for choice in chunk.get("choices", []):
                 text.append(choice.get("text", ""))
                 finish_reason = choice.get("finish_reason") or finish_reason
-    except UpstreamRejected as exc:
-        raise APIError(exc.status, str(exc), "invalid_request_error") from exc
     except UpstreamError as exc:
-        raise APIError(exc.status, str(exc), "server_error", "upstream_failed") from exc
+        raise _api_error(exc, "upstream_failed") from exc
     content = "".join(text)
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": content},
