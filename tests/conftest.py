@@ -1,16 +1,9 @@
-"""Shared fixtures: free ports on 127.0.0.1 and a factory for real vLLM worker processes."""
+"""Shared fixtures: a free TCP port on 127.0.0.1 (workers themselves start in tests/stack.py)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from stack import free_port
 
 
 @pytest.fixture
